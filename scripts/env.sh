@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Create (or reuse) the project's virtual env and install what the README commands need. Idempotent and quiet on
+# a second run. Prints the env's python path as its last line.
+#
+# - A machine where `python3` already imports torch and triton (the GPU image: CUDA torch, no internet): the venv
+#   sees the system packages (--system-site-packages) and nothing is downloaded; only this package is installed.
+# - Otherwise (CPU machines, CI): torch==2.13.0 — pip finds the local CPU wheel; never let pip resolve a bare
+#   `torch`, which pulls several GB of CUDA packages — then triton and the test/bench tools from PyPI.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV="${TTF_VENV:-.venv}"
+PY="${PYTHON:-python3}"
+
+if [ ! -x "$VENV/bin/python" ]; then
+  if "$PY" -c "import torch, triton" >/dev/null 2>&1; then
+    echo "env: torch + triton found in $PY; creating $VENV on top of them (nothing downloaded)" >&2
+    "$PY" -m venv --system-site-packages "$VENV"
+  else
+    echo "env: creating $VENV and installing torch==2.13.0 (CPU), triton and the tools" >&2
+    "$PY" -m venv "$VENV"
+  fi
+fi
+VPY="$VENV/bin/python"
+STAMP="$VENV/.ttf-installed-$(cat pyproject.toml setup.py scripts/env.sh | sha256sum | cut -c1-16)"
+if [ ! -f "$STAMP" ]; then
+  TOOLS="numpy pytest pytest-benchmark ninja matplotlib tqdm scikit-learn setuptools>=64 wheel"
+  if "$VPY" -c "import torch, triton" >/dev/null 2>&1; then
+    # Offline GPU image: install only tools that are missing, and never touch torch/triton.
+    for mod_pkg in numpy:numpy pytest:pytest pytest_benchmark:pytest-benchmark ninja:ninja matplotlib:matplotlib \
+                   tqdm:tqdm sklearn:scikit-learn; do
+      mod="${mod_pkg%%:*}"; pkg="${mod_pkg##*:}"
+      "$VPY" -c "import $mod" >/dev/null 2>&1 || "$VPY" -m pip install -q "$pkg" >&2 \
+        || echo "env: could not install $pkg (offline?); the features that need it will say so" >&2
+    done
+  else
+    "$VPY" -m pip install -q --disable-pip-version-check "torch==2.13.0" triton $TOOLS >&2
+  fi
+  "$VPY" -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e . >&2
+  rm -f "$VENV"/.ttf-installed-*
+  touch "$STAMP"
+fi
+echo "$VPY"

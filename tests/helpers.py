@@ -1,0 +1,52 @@
+"""Shared test helpers: models with non-trivial weights, and the dtype-relative error bound of STYLE.md §6."""
+from __future__ import annotations
+
+import torch
+
+import threethings_fast as ttf
+
+# atol per dtype, added to 2x the reference's own low-precision error
+ATOL = {torch.float64: 1e-12, torch.float32: 1e-6, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
+
+
+@torch.no_grad()
+def randomize(model: torch.nn.Module, scale: float = 0.5) -> torch.nn.Module:
+    """Give every norm, LayerScale, bias and BN statistic a non-trivial value, so folding bugs cannot hide behind
+    ones and zeros."""
+    for name, p in model.named_parameters():
+        if name.endswith("gamma"):
+            p.copy_(torch.rand_like(p) * scale + 0.05)
+        elif p.dim() == 1 and "norm" in name and name.endswith("weight"):
+            p.copy_(1 + scale * torch.randn_like(p))
+        elif p.dim() == 1:
+            p.copy_(scale * 0.2 * torch.randn_like(p))
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.copy_(0.3 * torch.randn_like(m.running_mean))
+            m.running_var.copy_(0.5 + torch.rand_like(m.running_var))
+            m.weight.copy_(1 + 0.3 * torch.randn_like(m.weight))
+            m.bias.copy_(0.2 * torch.randn_like(m.bias))
+    return model
+
+
+def make_model(name="tiny_2x2", dtype=torch.float64, **overrides):
+    return randomize(ttf.create_model(name, **overrides)).to(dtype).eval()
+
+
+def images_for(model, batch=2, dtype=torch.float64, device="cpu"):
+    c = model.config
+    return torch.randn(batch, c.in_chans, c.img_size, c.img_size, dtype=dtype, device=device)
+
+
+def assert_within_bound(out, ref_lowp, ref64, dtype):
+    """|out - ref64| <= 2 |ref_lowp - ref64| + atol(dtype), on the max over elements."""
+    out, ref_lowp, ref64 = out.double().cpu(), ref_lowp.double().cpu(), ref64.double().cpu()
+    assert torch.isfinite(out).all(), "output has NaN/inf (an unwritten element?)"
+    err = (out - ref64).abs().max().item()
+    ref_err = (ref_lowp - ref64).abs().max().item()
+    bound = 2 * ref_err + ATOL[dtype]
+    assert err <= bound, f"error {err:.3e} > bound {bound:.3e} (reference's own {dtype} error {ref_err:.3e})"
+
+
+def rel_err(a, b):
+    return ((a.double() - b.double()).abs().max() / b.double().abs().max()).item()

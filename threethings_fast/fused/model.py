@@ -1,0 +1,91 @@
+"""FusedViT: the folded inference model. Eval only; weights pre-packed once at convert time."""
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from ..folding import fold_block, fold_head_and_pos
+from ..validation import check_images
+from .forward import vit_forward
+from .weights import FusedWeights
+
+
+class FusedViT(nn.Module):
+    """Inference-only fused ViT built by `threethings_fast.convert`.
+
+    forward(images (B, C, H, W) in the model's dtype, on its device) -> logits (B, num_classes).
+    The weights are frozen, folded copies: changing the source model afterwards does not change this one
+    (see `refold` for re-folding parts of it, e.g. one task's attention weights).
+    """
+
+    def __init__(self, weights: FusedWeights, ops, dtype: torch.dtype, device: torch.device):
+        super().__init__()
+        self.config = weights.config
+        self.weights = weights
+        self.ops = ops
+        self.dtype = dtype
+        self.device = torch.device(device)
+        self.eval()
+
+    @property
+    def backend(self) -> str:
+        return self.ops.name
+
+    def extra_repr(self) -> str:
+        c = self.config
+        return (f"backend={self.backend}, dtype={self.dtype}, device={self.device}, depth={c.depth}, "
+                f"K={c.num_parallel}, D={c.embed_dim}, heads={c.num_heads}, stem={c.stem}, img_size={c.img_size}")
+
+    def train(self, mode: bool = True):
+        if mode:
+            raise RuntimeError("FusedViT is inference-only (its weights are folded copies); train the reference "
+                               "model and convert it again")
+        return super().train(False)
+
+    def _apply(self, fn, *args, **kwargs):
+        raise RuntimeError("FusedViT weights are packed for one dtype/device at convert time; call "
+                           "threethings_fast.convert(model, dtype=..., device=...) instead of .to()/.cuda()/.half()")
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.training:  # set directly through the attribute
+            raise RuntimeError("FusedViT is inference-only; call .eval()")
+        cfg = self.config
+        check_images(images, in_chans=cfg.in_chans, img_size=cfg.img_size, patch_size=cfg.patch_size,
+                     dtype=self.dtype, device=self.device, who="FusedViT")
+        with torch.no_grad():
+            return vit_forward(self.ops, self.weights, images)
+
+    @torch.no_grad()
+    def refold(self, model: nn.Module, parts: Iterable[str] = ("attn", "head", "pos")) -> "FusedViT":
+        """Re-fold only `parts` of `model` (same architecture) into this fused model, in place:
+        "attn" (norm1 + qkv + proj + LayerScale of every branch), "ffn", "head" (final norm + head), "pos"
+        (class token + position embeddings). The other packed weights are kept as they are: switching
+        between tasks that share FFN/stem weights re-folds only what the task brings."""
+        parts = set(parts)
+        unknown = parts - {"attn", "ffn", "head", "pos"}
+        if unknown:
+            raise ValueError(f"unknown parts {sorted(unknown)}; choose from attn, ffn, head, pos")
+        if model.config != self.config:
+            raise ValueError(f"model config {model.config} does not match the fused model's {self.config}")
+        dt, dev = self.dtype, self.device
+        w = self.weights
+        if "attn" in parts or "ffn" in parts:
+            for i, block in enumerate(model.blocks):
+                new = fold_block(block, model.config)
+                old = w.blocks[i]
+                names = (["w_qkv", "b_qkv", "w_proj", "b_proj"] if "attn" in parts else []) + \
+                        (["w_fc1", "b_fc1", "w_fc2", "b_fc2"] if "ffn" in parts else [])
+                for name in names:
+                    getattr(old, name).copy_(getattr(new, name).to(dtype=dt, device=dev))
+        if "head" in parts or "pos" in parts:
+            folded = fold_head_and_pos(model)
+            if "head" in parts:
+                w.head_w.copy_(folded["head_w"].to(dt))
+                w.head_b.copy_(folded["head_b"].to(dt))
+            if "pos" in parts:
+                w.cls_pos.copy_(folded["cls_pos"].to(dt))
+                w.pos_patches.copy_(folded["pos_patches"].to(dt))
+        return self
+
