@@ -1,13 +1,17 @@
-# The two README commands. Each sets up (or reuses) the virtual env first: see scripts/env.sh.
-.PHONY: bench test test-gpu clean
+# The two README commands. Each first sets up (or reuses) the virtual env: see scripts/env.sh.
+.PHONY: bench test env clean
 
-PY = $(shell scripts/env.sh)
+export TTF_VENV ?= .venv
+PY := $(TTF_VENV)/bin/python
 
-bench:  ## main job: the benchmark report on the embedded default model
+env:
+	@scripts/env.sh >/dev/null
+
+bench: env  ## main job: the benchmark report on the embedded default model
 	$(PY) -m threethings_fast.bench $(ARGS)
 
-test:   ## the test suite (CPU; Triton kernels under the interpreter; GPU tests skip without CUDA)
+test: env   ## the test suite (CPU; Triton kernels under the interpreter; GPU tests skip without CUDA)
 	$(PY) -m pytest -q $(ARGS)
 
 clean:
-	rm -rf .venv build *.egg-info .pytest_cache .benchmarks
+	rm -rf $(TTF_VENV) build *.egg-info .pytest_cache .benchmarks
