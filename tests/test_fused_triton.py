@@ -1,0 +1,76 @@
+"""The fused model on the Triton backend, end to end, against the reference (float64 oracle).
+CPU: the interpreter at tiny shapes (fp32, fp16; bf16 tl.dot is wrong under the interpreter). GPU: real models."""
+import pytest
+import torch
+
+import threethings_fast as ttf
+from helpers import assert_within_bound, images_for, make_model
+
+pytest.importorskip("triton")
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+CPU_DTYPES = [torch.float32, torch.float16]
+
+
+def _check(model64, dtype, batch=2, device=DEVICE, **convert_kw):
+    model_lowp = ttf.create_model(model64.config).to(dtype=dtype, device=device).eval()
+    model_lowp.load_state_dict(model64.state_dict())
+    x64 = images_for(model64, batch)
+    fused = ttf.convert(model_lowp, backend="triton", **convert_kw)
+    assert fused.backend == "triton"
+    out = fused(x64.to(device=device, dtype=dtype))
+    assert out.dtype == dtype and out.shape == (batch, model64.config.num_classes or model64.config.embed_dim)
+    ref_lowp = model_lowp(x64.to(device=device, dtype=dtype))
+    assert_within_bound(out, ref_lowp, model64(x64), dtype)
+
+
+@pytest.mark.parametrize("dtype", CPU_DTYPES, ids=str)
+@pytest.mark.parametrize("name, kw", [
+    ("tiny_2x2", {}),                                              # K = 2, linear stem
+    ("tiny_2x1", {"stem": "hmlp_bn"}),                             # sequential, BN-folded hMLP
+    ("tiny_1x3", {"stem": "hmlp_ln", "init_values": None}),        # K = 3, LN hMLP, no LayerScale
+])
+def test_tiny_model_triton_matches_reference(name, kw, dtype):
+    _check(make_model(name, **kw), dtype, batch=3 if "hmlp_ln" in kw.get("stem", "") else 2)
+
+
+def test_triton_backend_rejects_float64():
+    with pytest.raises(TypeError, match="float64"):
+        ttf.convert(make_model("tiny_2x2"), backend="triton")
+
+
+# --- GPU: real shapes -------------------------------------------------------------------------------------------
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("name, kw", [
+    ("S18x2", {}), ("S36x1", {"depth": 12}), ("B18x2", {"depth": 6}),
+    ("S18x2", {"depth": 4, "num_parallel": 3}), ("S18x2", {"depth": 4, "num_parallel": 4}),
+    ("S18x2", {"depth": 4, "stem": "hmlp_bn"}), ("S18x2", {"depth": 2, "img_size": 384}),
+    ("S18x2", {"depth": 2, "embed_dim": 320, "num_heads": 4}),   # head_dim 80
+    ("B12x1", {"depth": 2, "embed_dim": 768, "num_heads": 6}),   # head_dim 128
+])
+def test_real_models_on_gpu(name, kw, dtype):
+    _check(make_model(name, **kw), dtype, batch=3, device="cuda")
+
+
+@pytest.mark.gpu
+def test_cuda_graph_replay_equals_eager():
+    from threethings_fast.fused.graphs import capture
+    model = make_model("S18x2", dtype=torch.bfloat16, depth=4).cuda()
+    fused = ttf.convert(model, backend="triton")
+    graphed = capture(fused, [1, 3])
+    for b in (1, 3):
+        x = torch.randn(b, 3, 224, 224, device="cuda", dtype=torch.bfloat16)
+        eager = fused(x)
+        assert torch.equal(graphed(x).clone(), eager)
+    with pytest.raises(ValueError, match="no graph captured"):
+        graphed(torch.randn(2, 3, 224, 224, device="cuda", dtype=torch.bfloat16))
+
+
+@pytest.mark.gpu
+def test_torch_compile_over_the_ops():
+    model = make_model("S18x2", dtype=torch.bfloat16, depth=2).cuda()
+    fused = ttf.convert(model, backend="triton")
+    x = torch.randn(2, 3, 224, 224, device="cuda", dtype=torch.bfloat16)
+    from threethings_fast.fused.forward import vit_forward
+    compiled = torch.compile(lambda im: vit_forward(fused.ops, fused.weights, im), fullgraph=False)
+    torch.testing.assert_close(compiled(x), fused(x), rtol=0, atol=0)

@@ -1,0 +1,413 @@
+"""Tests of the Triton ops (normalize, linear, attention) against their plain-torch references.
+
+Without CUDA the kernels run under the Triton interpreter on the CPU. Triton decides whether a ``@triton.jit``
+function is interpreted when the function is *defined*, so this module sets ``TRITON_INTERPRET=1`` before it
+imports the kernels. If another module imported ``threethings_fast.triton_kernels`` earlier in the same pytest
+process without the variable, the interpreted tests here skip with a message (run pytest with
+``TRITON_INTERPRET=1`` in the environment, or set it in tests/conftest.py, to avoid that).
+
+Tolerances follow STYLE.md §6: with the fused output f, the reference in the same low precision r and the float64
+reference r64, ``max|f − r64| <= 2·max|r − r64| + atol(dtype)``. Outputs are NaN-poisoned (``out=``) so an
+element the kernel forgets to write fails. bf16 only on GPU: ``tl.dot`` on bf16 is wrong under the interpreter.
+Shapes are tiny on the CPU (interpreted kernels cost ~ms per program and per op).
+"""
+import importlib
+import os
+
+import pytest
+import torch
+
+HAS_CUDA = torch.cuda.is_available()
+if not HAS_CUDA:
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # must precede the import of the kernels
+
+triton = pytest.importorskip("triton", reason="triton is not installed")
+
+from threethings_fast.triton_kernels import (SUPPORTED_HEAD_DIMS, attention, attention_ref,  # noqa: E402
+                                             linear, linear_ref, normalize, normalize_ref)
+from threethings_fast.triton_kernels._common import interpreter_active  # noqa: E402
+
+# The package re-exports the function `normalize`, which shadows the submodule attribute: go through sys.modules.
+normalize_module = importlib.import_module("threethings_fast.triton_kernels.normalize")
+
+
+def _kernels_interpreted() -> bool:
+    try:
+        from triton.runtime.interpreter import InterpretedFunction
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(normalize_module._normalize_kernel, InterpretedFunction)
+
+
+if HAS_CUDA:
+    DEVICE = "cuda"
+    _runnable = True
+    _why = ""
+else:
+    DEVICE = "cpu"
+    _runnable = interpreter_active() and _kernels_interpreted()
+    _why = ("the Triton kernels were imported before TRITON_INTERPRET=1 was set; run pytest with "
+            "TRITON_INTERPRET=1 in the environment")
+
+needs_kernels = pytest.mark.skipif(not _runnable, reason=_why)
+gpu = [pytest.mark.gpu, pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")]
+pytestmark = [needs_kernels] + ([] if HAS_CUDA else [pytest.mark.interpreter])
+
+# (dtype, atol): atol covers values whose reference error happens to be ~0.
+DTYPES = [
+    pytest.param(torch.float32, 1e-5, id="fp32"),
+    pytest.param(torch.float16, 2e-3, id="fp16"),
+]
+DTYPES_GPU = [
+    pytest.param(torch.bfloat16, 1.6e-2, id="bf16", marks=gpu),
+]
+
+
+def assert_close_to_ref(fused, ref_lowp, ref64, atol, what=""):
+    """STYLE.md §6: the fused error is at most twice PyTorch's own low-precision error, plus atol."""
+    assert fused.shape == ref64.shape, (fused.shape, ref64.shape)
+    assert torch.isfinite(fused).all(), f"{what}: non-finite output (unwritten poisoned element?)"
+    err = (fused.double() - ref64).abs().max().item() if fused.numel() else 0.0
+    ref_err = (ref_lowp.double() - ref64).abs().max().item() if fused.numel() else 0.0
+    assert err <= 2 * ref_err + atol, f"{what}: max err {err:.3g} > 2·{ref_err:.3g} + {atol:g}"
+
+
+def poisoned(shape, dtype):
+    return torch.full(shape, float("nan"), dtype=dtype, device=DEVICE)
+
+
+def randn(*shape, dtype=torch.float32, scale=1.0, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(*shape, generator=g) * scale).to(device=DEVICE, dtype=dtype)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# normalize
+# ---------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype,atol", DTYPES + DTYPES_GPU)
+@pytest.mark.parametrize("shape", [(1, 48), (50, 80), (3, 37, 384), (2, 1, 1)], ids=str)
+def test_normalize(shape, dtype, atol):
+    x = randn(*shape, dtype=dtype, scale=2.0) + 0.5
+    y = normalize(x, 1e-6, out=poisoned(shape, dtype))
+    assert y.dtype == dtype
+    assert_close_to_ref(y, normalize_ref(x, 1e-6), normalize_ref(x, 1e-6, upcast=True), atol, "normalize")
+
+
+@pytest.mark.parametrize("dtype,atol", DTYPES)
+def test_normalize_large_channels(dtype, atol):
+    """ViT residual streams carry a few huge channels and a large common offset: E[x²]−E[x]² would cancel."""
+    x = randn(9, 384, scale=1.0) + 300.0
+    x[:, 7] = 4000.0
+    x[:, 100] = -2500.0
+    x = x.to(dtype)
+    y = normalize(x, 1e-6, out=poisoned(x.shape, dtype))
+    assert_close_to_ref(y, normalize_ref(x, 1e-6), normalize_ref(x, 1e-6, upcast=True), atol, "normalize big")
+
+
+def test_normalize_out_dtype_and_registered_op():
+    x = randn(5, 80, scale=3.0)
+    y = normalize(x, 1e-5, out_dtype=torch.float16)
+    assert y.dtype == torch.float16 and y.shape == x.shape
+    y2 = normalize(x, 1e-5, out_dtype=torch.float16, out=poisoned(x.shape, torch.float16))
+    assert torch.equal(y, y2)
+    assert torch.equal(torch.ops.ttf.normalize(x, 1e-5, torch.float16), y)
+    assert_close_to_ref(y, normalize_ref(x, 1e-5, torch.float16), normalize_ref(x, 1e-5, upcast=True), 2e-3)
+
+
+def test_normalize_bad_inputs(monkeypatch):
+    x = randn(4, 48)
+    with pytest.raises((TypeError, RuntimeError)):
+        normalize([1.0, 2.0])
+    with pytest.raises(TypeError, match="x must have dtype"):
+        normalize(x.to(torch.float64))
+    with pytest.raises(ValueError, match="x must be contiguous"):
+        normalize(randn(48, 4).t())
+    with pytest.raises(ValueError, match="rank >= 1"):
+        normalize(torch.tensor(1.0, device=DEVICE))
+    with pytest.raises(ValueError, match="last dim"):
+        normalize(randn(4, 0))
+    with pytest.raises(ValueError, match="eps"):
+        normalize(x, -1.0)
+    with pytest.raises(TypeError, match="out_dtype"):
+        normalize(x, out_dtype=torch.int32)
+    with pytest.raises(ValueError, match="out must have shape"):
+        normalize(x, out=poisoned((4, 47), x.dtype))
+    with pytest.raises(TypeError, match="out must have dtype"):
+        normalize(x, out=poisoned((4, 48), torch.float16))
+    with pytest.raises(ValueError, match="share memory"):
+        normalize(x, out=x)
+    # Empty batch: documented empty result, no launch.
+    assert normalize(randn(0, 48)).shape == (0, 48)
+    if not HAS_CUDA:
+        monkeypatch.setenv("TRITON_INTERPRET", "0")
+        with pytest.raises(RuntimeError, match="CPU tensor"):
+            normalize(x)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# linear
+# ---------------------------------------------------------------------------------------------------------------
+LINEAR_CASES = [
+    # x shape, N, bias, residual, activation
+    pytest.param((1, 48), 80, False, False, None, id="M1-plain"),
+    pytest.param((50, 80), 48, True, False, "gelu", id="M50-bias-gelu"),
+    pytest.param((37, 96), 72, True, True, None, id="M37-bias-res"),
+    pytest.param((2, 19, 48), 40, True, True, "gelu", id="3d-all"),
+    pytest.param((17, 384), 33, False, True, None, id="K384-res"),
+    pytest.param((197, 384), 96, True, True, "gelu", id="M197-K384-all"),
+]
+
+
+@pytest.mark.parametrize("dtype,atol", DTYPES + DTYPES_GPU)
+@pytest.mark.parametrize("xshape,N,has_bias,has_res,act", LINEAR_CASES)
+def test_linear(xshape, N, has_bias, has_res, act, dtype, atol):
+    K = xshape[-1]
+    x = randn(*xshape, dtype=dtype, seed=1)
+    w = randn(N, K, dtype=dtype, scale=K ** -0.5, seed=2)
+    b = randn(N, dtype=dtype, seed=3) if has_bias else None
+    r = randn(*xshape[:-1], N, dtype=dtype, scale=4.0, seed=4) if has_res else None
+    out_shape = (*xshape[:-1], N)
+    y = linear(x, w, b, r, act, out=poisoned(out_shape, dtype))
+    assert_close_to_ref(y, linear_ref(x, w, b, r, act), linear_ref(x, w, b, r, act, upcast=True), atol, "linear")
+
+
+def test_linear_mixed_dtypes_and_registered_op():
+    """fp16 GEMM with an fp32 residual stream and fp32 output (the residual add happens in fp32)."""
+    x = randn(21, 48, dtype=torch.float16, seed=1)
+    w = randn(40, 48, dtype=torch.float16, scale=0.15, seed=2)
+    b = randn(40, dtype=torch.float32, seed=3)
+    r = randn(21, 40, dtype=torch.float32, scale=100.0, seed=4)
+    y = linear(x, w, b, r, "gelu", out_dtype=torch.float32, out=poisoned((21, 40), torch.float32))
+    ref64 = linear_ref(x, w, b, r, "gelu", upcast=True)
+    # The product is exact in fp32 up to accumulation order; only the fp32 epilogue rounds.
+    assert (y.double() - ref64).abs().max().item() < 1e-4
+    y_op = torch.ops.ttf.linear(x, w, b, r, "gelu", torch.float32, False)
+    assert torch.equal(y, y_op)
+    assert torch.equal(linear(x, w, b, r, "gelu", out_dtype=torch.float32), y)
+
+
+def test_linear_allow_tf32_runs():
+    x, w = randn(9, 48), randn(24, 48, scale=0.15)
+    y = linear(x, w, allow_tf32=True, out=poisoned((9, 24), torch.float32))
+    # TF32 keeps 10 mantissa bits (the interpreter may compute exactly): loose bound.
+    assert (y.double() - linear_ref(x, w, upcast=True)).abs().max().item() < 5e-3
+
+
+def test_linear_bad_inputs(monkeypatch):
+    x, w, b = randn(4, 48), randn(8, 48), randn(8)
+    with pytest.raises((TypeError, RuntimeError)):
+        linear(x.tolist(), w)
+    with pytest.raises(ValueError, match="weight must have rank 2"):
+        linear(x, w[None])
+    with pytest.raises(ValueError, match="must equal weight's in_features"):
+        linear(x, randn(8, 47))
+    with pytest.raises(TypeError, match="weight must have dtype"):
+        linear(x, w.half())
+    with pytest.raises(ValueError, match="bias must have shape"):
+        linear(x, w, randn(9))
+    with pytest.raises(ValueError, match="residual must have shape"):
+        linear(x, w, b, randn(4, 9))
+    with pytest.raises(ValueError, match="weight must be contiguous"):
+        linear(x, randn(48, 8).t())
+    with pytest.raises(ValueError, match="x must be contiguous"):
+        linear(randn(48, 4).t(), randn(8, 4))
+    with pytest.raises(ValueError, match="activation"):
+        linear(x, w, activation="relu")
+    with pytest.raises(TypeError, match="out_dtype"):
+        linear(x, w, out_dtype=torch.float64)
+    with pytest.raises(ValueError, match="non-zero"):
+        linear(randn(4, 0), randn(8, 0))
+    with pytest.raises(RuntimeError, match="same device"):
+        linear(x, w, torch.empty(8, device="meta"))
+    with pytest.raises(ValueError, match="share memory"):
+        r = randn(4, 8)
+        linear(x, w, b, r, out=r)
+    assert linear(randn(0, 48), w, b).shape == (0, 8)
+    assert linear(randn(2, 0, 48), w, b, randn(2, 0, 8)).shape == (2, 0, 8)
+    if not HAS_CUDA:
+        monkeypatch.setenv("TRITON_INTERPRET", "0")
+        with pytest.raises(RuntimeError, match="CPU tensor"):
+            linear(x, w)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# attention
+# ---------------------------------------------------------------------------------------------------------------
+ATTN_CASES = [
+    # B, N, heads (K·H), head_dim
+    pytest.param(1, 1, 2, 32, id="N1"),
+    pytest.param(3, 50, 3, 80, id="B3-N50-d80"),
+    pytest.param(1, 37, 6, 64, id="N37-h6"),
+    pytest.param(2, 64, 2, 32, id="N64-no-tail"),
+    pytest.param(1, 20, 2, 96, id="d96"),
+    pytest.param(1, 33, 2, 128, id="d128"),
+    pytest.param(1, 197, 2, 64, id="N197"),
+]
+
+
+@pytest.mark.parametrize("dtype,atol", DTYPES + DTYPES_GPU)
+@pytest.mark.parametrize("B,N,H,d", ATTN_CASES)
+def test_attention(B, N, H, d, dtype, atol):
+    # Scores of O(1..5): large enough that the softmax is far from uniform.
+    qkv = randn(B, N, 3 * H * d, dtype=dtype, scale=1.5, seed=5)
+    scale = d ** -0.5
+    o = attention(qkv, H, d, scale, out=poisoned((B, N, H * d), dtype))
+    assert_close_to_ref(o, attention_ref(qkv, H, d, scale), attention_ref(qkv, H, d, scale, upcast=True), atol,
+                        "attention")
+
+
+def test_attention_folded_scale_and_registered_op():
+    """scale=1 with d^-0.5 folded into q equals scale=d^-0.5 on the unscaled q (up to rounding)."""
+    B, N, H, d = 2, 19, 2, 64
+    qkv = randn(B, N, 3 * H * d, scale=2.0, seed=6)
+    folded = qkv.clone()
+    folded[..., :H * d] *= d ** -0.5
+    o1 = attention(folded, H, d)
+    o2 = attention(qkv, H, d, d ** -0.5)
+    assert (o1 - o2).abs().max().item() < 1e-5
+    assert torch.equal(torch.ops.ttf.attention(folded, H, d, 1.0), o1)
+    ref = attention_ref(qkv, H, d, d ** -0.5, upcast=True)
+    assert (o2.double() - ref).abs().max().item() < 1e-5
+
+
+def test_attention_bad_inputs(monkeypatch):
+    qkv = randn(1, 5, 3 * 2 * 32)
+    with pytest.raises(ValueError, match=r"head_dim must be one of \(32, 64, 80, 96, 128\)"):
+        attention(randn(1, 5, 3 * 2 * 48), 2, 48)
+    with pytest.raises(ValueError, match="qkv must have rank 3"):
+        attention(qkv[0], 2, 32)
+    with pytest.raises(ValueError, match="qkv must have shape"):
+        attention(qkv, 3, 32)
+    with pytest.raises(ValueError, match="num_heads"):
+        attention(qkv, 0, 32)
+    with pytest.raises(TypeError, match="qkv must have dtype"):
+        attention(qkv.double(), 2, 32)
+    with pytest.raises(ValueError, match="qkv must be contiguous"):
+        attention(randn(5, 2, 3 * 2 * 32).transpose(0, 1), 2, 32)
+    with pytest.raises(ValueError, match="out must have shape"):
+        attention(qkv, 2, 32, out=poisoned((1, 5, 63), torch.float32))
+    assert attention(randn(0, 5, 3 * 2 * 32), 2, 32).shape == (0, 5, 64)
+    assert attention(randn(2, 0, 3 * 2 * 32), 2, 32).shape == (2, 0, 64)
+    if not HAS_CUDA:
+        monkeypatch.setenv("TRITON_INTERPRET", "0")
+        with pytest.raises(RuntimeError, match="CPU tensor"):
+            attention(qkv, 2, 32)
+
+
+def test_import_without_triton_is_clear():
+    """Importing the kernels without triton must raise an ImportError that says what to install."""
+    import subprocess
+    import sys
+    code = ("import sys; sys.modules['triton'] = None\n"
+            "try:\n"
+            "    import threethings_fast.triton_kernels\n"
+            "except ImportError as e:\n"
+            "    print('IMPORTERROR', e)\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert "IMPORTERROR" in res.stdout and "needs the `triton` package" in res.stdout, res.stdout + res.stderr
+
+
+def test_supported_head_dims():
+    assert SUPPORTED_HEAD_DIMS == (32, 64, 80, 96, 128)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# torch.library: schema, fake (meta) implementation, autograd registration. The AOT-dispatch checks and
+# torch.compile need real kernels (the interpreter runs outside tracing), so they are GPU-only.
+# ---------------------------------------------------------------------------------------------------------------
+def _opcheck_cases():
+    x, w, b, r = randn(5, 48), randn(24, 48, scale=0.15), randn(24), randn(5, 24)
+    return [
+        ("normalize", (x, 1e-6, None)),
+        ("linear", (x, w, b, r, "gelu", None, False)),
+        ("linear", (x.half(), w.half(), None, None, None, torch.float32, False)),
+        ("attention", (randn(1, 20, 3 * 2 * 32), 2, 32, 1.0)),
+    ]
+
+
+def test_opcheck_interpreter():
+    if HAS_CUDA:
+        pytest.skip("covered by test_opcheck_gpu")
+    for name, args in _opcheck_cases():
+        torch.library.opcheck(getattr(torch.ops.ttf, name).default, args,
+                              test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
+def test_opcheck_gpu():
+    for name, args in _opcheck_cases():
+        torch.library.opcheck(getattr(torch.ops.ttf, name).default, args)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# GPU: real shapes (S18x2 at 224/384 px), bf16/fp16, torch.compile and CUDA graphs
+# ---------------------------------------------------------------------------------------------------------------
+GPU_LOWP = [pytest.param(torch.bfloat16, 1.6e-2, id="bf16"), pytest.param(torch.float16, 2e-3, id="fp16")]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype,atol", GPU_LOWP)
+def test_gpu_block_shapes(dtype, atol):
+    """The four GEMMs and the normalisation of an S18x2 block at batch 64, 224 px (M = 64·197, D = 384)."""
+    M, D, KD, KF = 64 * 197, 384, 2 * 384, 2 * 1536
+    x = randn(M, D, dtype=torch.float32, scale=3.0, seed=10)
+    xh = normalize(x, 1e-6, out_dtype=dtype)
+    assert_close_to_ref(xh, normalize_ref(x, 1e-6, dtype), normalize_ref(x, 1e-6, upcast=True), atol, "norm")
+    for (n_out, k_in, act, res) in [(3 * KD, D, None, False), (D, KD, None, True), (KF, D, "gelu", False),
+                                    (D, KF, None, True)]:
+        a = randn(M, k_in, dtype=dtype, seed=11)
+        w = randn(n_out, k_in, dtype=dtype, scale=k_in ** -0.5, seed=12)
+        b = randn(n_out, dtype=dtype, seed=13)
+        r = randn(M, n_out, dtype=dtype, seed=14) if res else None
+        y = linear(a, w, b, r, act, out=poisoned((M, n_out), dtype))
+        assert_close_to_ref(y, linear_ref(a, w, b, r, act), linear_ref(a, w, b, r, act, upcast=True), atol,
+                            f"linear {n_out}x{k_in}")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype,atol", GPU_LOWP)
+@pytest.mark.parametrize("N", [197, 577])
+@pytest.mark.parametrize("d", SUPPORTED_HEAD_DIMS)
+def test_gpu_attention_shapes(N, d, dtype, atol):
+    B, H = 8, 12
+    qkv = randn(B, N, 3 * H * d, dtype=dtype, scale=1.5, seed=20)
+    o = attention(qkv, H, d, d ** -0.5, out=poisoned((B, N, H * d), dtype))
+    assert_close_to_ref(o, attention_ref(qkv, H, d, d ** -0.5), attention_ref(qkv, H, d, d ** -0.5, upcast=True),
+                        atol, f"attention N={N} d={d}")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
+def test_gpu_compile_and_cuda_graph():
+    """The registered ops trace under torch.compile (fullgraph) and replay inside a CUDA graph."""
+    dt = torch.bfloat16
+    B, N, H, d, D = 2, 197, 12, 32, 384
+    x = randn(B, N, D, dtype=dt, seed=30)
+    wqkv = randn(3 * H * d, D, dtype=dt, scale=D ** -0.5, seed=31)
+    wproj = randn(D, H * d, dtype=dt, scale=(H * d) ** -0.5, seed=32)
+
+    def block(x):
+        xh = torch.ops.ttf.normalize(x, 1e-6, None)
+        qkv = torch.ops.ttf.linear(xh, wqkv, None, None, None, None, False)
+        o = torch.ops.ttf.attention(qkv, H, d, d ** -0.5)
+        return torch.ops.ttf.linear(o, wproj, None, x, None, None, False)
+
+    eager = block(x)  # also warms up the autotuners before capture
+    compiled = torch.compile(block, fullgraph=True)(x)
+    assert torch.equal(eager, compiled) or (eager.float() - compiled.float()).abs().max().item() < 1e-2
+    static_x = x.clone()
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        block(static_x)
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        static_y = block(static_x)
+    static_x.copy_(randn(B, N, D, dtype=dt, seed=33))
+    g.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(static_y, block(static_x))

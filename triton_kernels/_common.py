@@ -1,0 +1,253 @@
+"""Shared launcher helpers for the Triton ops of ``threethings_fast.triton_kernels``.
+
+Every op module (normalize, linear, attention, hmlp_stem, ...) follows the same layering:
+
+    _<op>_kernel (@triton.jit)  ->  _<op>_launch(..., out)  ->  registered op ttf::<op>  ->  <op>() public launcher
+
+and uses the helpers below for the boring but load-bearing parts:
+
+* input validation with messages that name the argument and say what was expected
+  (:func:`check_tensor`, :func:`check_same_device`, :func:`check_out`),
+* the device rule: CUDA tensors always; CPU tensors only under the Triton interpreter (``TRITON_INTERPRET=1``)
+  (:func:`check_device`, :func:`interpreter_active`),
+* a device guard so a launch lands on the tensor's GPU, not the current one (:func:`device_guard`),
+* ``torch.library`` registration through ``triton_op`` + ``wrap_triton`` so torch.compile / CUDA graphs can trace
+  the ops, with a plain-function fallback on torch builds that lack them (:func:`register_op`, :data:`wrap_triton`).
+
+Nothing here synchronises with the device (no ``.item()``, no reading device memory), so launchers stay
+CUDA-graph capturable. All checks look at metadata only, so they also work on fake/meta tensors while
+torch.compile traces an op.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterable, Sequence
+
+import torch
+
+try:  # The package __init__ turns a missing triton into a clear ImportError; keep this module importable alone.
+    import triton  # noqa: F401
+except ImportError as exc:  # pragma: no cover - exercised only without triton
+    raise ImportError(
+        "threethings_fast.triton_kernels needs the `triton` package (pip install 'triton>=3.0', or "
+        "pip install 'threethings_fast[triton]'). Use the torch backend of threethings_fast where Triton is "
+        f"unavailable. Original error: {exc}") from exc
+
+__all__ = [
+    "NAMESPACE",
+    "FLOAT_DTYPES",
+    "interpreter_active",
+    "check_tensor",
+    "check_device",
+    "check_same_device",
+    "check_out",
+    "device_guard",
+    "skip_launch",
+    "register_op",
+    "wrap_triton",
+    "next_power_of_2",
+]
+
+#: torch.library namespace of every op in this package: ``torch.ops.ttf.<name>``.
+NAMESPACE = "ttf"
+
+#: Floating dtypes the kernels accept as inputs (bf16 ``tl.dot`` is wrong under the interpreter; see tests).
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def interpreter_active() -> bool:
+    """True when Triton runs kernels with its CPU interpreter (environment ``TRITON_INTERPRET=1``).
+
+    Triton reads the variable when a ``@triton.jit`` function is *defined*, so it must be set before the kernel
+    modules are imported; this function only reports it (launchers use it to pick a single small config instead
+    of autotuning, which is very slow interpreted, and to accept CPU tensors).
+    """
+    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "yes", "on")
+
+
+def next_power_of_2(n: int) -> int:
+    """Smallest power of two >= n (n >= 1). Block sizes must be powers of two in Triton."""
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
+def check_device(t: torch.Tensor, name: str) -> None:
+    """Raise RuntimeError unless ``t`` lives where a Triton kernel can run.
+
+    CUDA tensors are always accepted. CPU tensors are accepted only under the interpreter
+    (``TRITON_INTERPRET=1``). Meta tensors pass (shape propagation while tracing).
+    """
+    dev = t.device.type
+    if dev in ("cuda", "meta"):
+        return
+    if dev == "cpu":
+        if interpreter_active():
+            return
+        raise RuntimeError(
+            f"{name} is a CPU tensor; the Triton kernels run on CUDA devices only (CPU tensors are accepted only "
+            "under the Triton interpreter, TRITON_INTERPRET=1, set before importing the kernels). Move the inputs "
+            "to a GPU or use the torch backend.")
+    raise RuntimeError(f"{name} is on device {t.device}; the Triton kernels support CUDA tensors only.")
+
+
+def check_tensor(
+    t: object,
+    name: str,
+    *,
+    ndim: int | Sequence[int] | None = None,
+    min_ndim: int | None = None,
+    shape: Sequence[int | None] | None = None,
+    dtypes: Iterable[torch.dtype] | None = FLOAT_DTYPES,
+    dtype: torch.dtype | None = None,
+    contiguous: bool = True,
+) -> None:
+    """Validate one tensor argument; raise with a message naming ``name`` and the expectation.
+
+    Args:
+        t: the argument to check (anything: non-tensors raise TypeError).
+        name: the argument's name as the user sees it, e.g. ``"weight"``.
+        ndim: required rank, or a collection of allowed ranks.
+        min_ndim: minimum rank (for ``(..., D)`` inputs).
+        shape: required shape; ``None`` entries are free. Compared against the *trailing* dims when ``ndim`` is
+            not given, so ``shape=(None, D)`` with ``min_ndim=2`` checks the last dim only.
+        dtypes: allowed dtypes (TypeError otherwise); ``None`` to skip.
+        dtype: exact dtype required (TypeError otherwise), e.g. to match another argument.
+        contiguous: require ``t.is_contiguous()`` (ValueError otherwise): the kernels assume a unit inner stride
+            and dense rows.
+
+    Raises:
+        TypeError: not a tensor, or a wrong dtype.
+        ValueError: wrong rank, shape or layout.
+        RuntimeError: wrong device (see :func:`check_device`).
+    """
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if ndim is not None:
+        allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
+        if t.dim() not in allowed:
+            want = " or ".join(str(a) for a in allowed)
+            raise ValueError(f"{name} must have rank {want}, got shape {tuple(t.shape)} (rank {t.dim()})")
+    if min_ndim is not None and t.dim() < min_ndim:
+        raise ValueError(f"{name} must have rank >= {min_ndim}, got shape {tuple(t.shape)} (rank {t.dim()})")
+    if shape is not None:
+        got = tuple(t.shape)
+        tail = got[len(got) - len(shape):] if len(got) >= len(shape) else None
+        ok = tail is not None and all(w is None or w == g for w, g in zip(shape, tail))
+        if not ok:
+            want = "(" + ", ".join("*" if w is None else str(w) for w in shape) + ")"
+            where = "trailing dims " if ndim is None and len(got) != len(shape) else ""
+            raise ValueError(f"{name} must have {where}shape {want}, got {got}")
+    if dtype is not None and t.dtype != dtype:
+        raise TypeError(f"{name} must have dtype {dtype}, got {t.dtype}")
+    if dtypes is not None:
+        allowed_dtypes = tuple(dtypes)
+        if t.dtype not in allowed_dtypes:
+            names = ", ".join(str(d).replace("torch.", "") for d in allowed_dtypes)
+            raise TypeError(f"{name} must have dtype in ({names}), got {t.dtype}")
+    if contiguous and not t.is_contiguous():
+        raise ValueError(f"{name} must be contiguous (got strides {tuple(t.stride())} for shape {tuple(t.shape)}); "
+                         "call .contiguous() first")
+    check_device(t, name)
+
+
+def check_same_device(**tensors: torch.Tensor | None) -> None:
+    """Raise RuntimeError unless all non-None tensors share one device; names each tensor and its device."""
+    present = {k: v for k, v in tensors.items() if v is not None}
+    devices = {v.device for v in present.values()}
+    if len(devices) > 1:
+        listing = ", ".join(f"{k} on {v.device}" for k, v in present.items())
+        raise RuntimeError(f"all tensors must be on the same device, got {listing}")
+
+
+def check_out(out: torch.Tensor, name: str, shape: Sequence[int], dtype: torch.dtype, device: torch.device,
+              inputs: dict[str, torch.Tensor | None] | None = None) -> None:
+    """Validate a caller-provided output buffer (``out=``): exact shape, dtype, device, contiguous, no overlap.
+
+    ``inputs`` maps argument names to input tensors; ``out`` must not share storage with any of them: kernels
+    read inputs while writing ``out`` from other programs, and autotuning re-runs a kernel, so an aliased output
+    would be read after being written.
+    """
+    check_tensor(out, name, ndim=len(shape), shape=tuple(shape), dtypes=None, dtype=dtype)
+    if out.device != device:
+        raise RuntimeError(f"{name} must be on {device}, got {out.device}")
+    for k, v in (inputs or {}).items():
+        if v is not None and v.numel() > 0 and out.numel() > 0 and \
+                out.untyped_storage().data_ptr() == v.untyped_storage().data_ptr():
+            raise ValueError(f"{name} must not share memory with {k} (in-place updates are not supported)")
+
+
+def device_guard(t: torch.Tensor):
+    """Context manager making ``t``'s GPU current, so Triton launches on the right device and stream.
+
+    Triton launches on ``torch.cuda.current_device()``'s current stream; with several GPUs the input may live
+    elsewhere. A no-op for CPU (interpreter) and meta tensors.
+    """
+    if t.device.type == "cuda":
+        return torch.cuda.device(t.device)
+    return contextlib.nullcontext()
+
+
+def skip_launch(t: torch.Tensor) -> bool:
+    """True when a launcher should only allocate, not launch: ``t`` has no data a kernel could read.
+
+    That is the case for meta tensors, and under the interpreter for fake tensors (torch.compile / opcheck shape
+    propagation): ``wrap_triton`` passes interpreted kernels through unwrapped, so they would try to copy fake
+    storage to the CPU. On CUDA, fake tensors go through wrap_triton's traced path and launch nothing anyway.
+    """
+    if t.device.type == "meta":
+        return True
+    if interpreter_active():
+        try:
+            from torch._subclasses.fake_tensor import is_fake
+        except ImportError:  # pragma: no cover - very old torch
+            return False
+        return bool(is_fake(t))
+    return False
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# torch.library registration
+# ---------------------------------------------------------------------------------------------------------------
+# triton_op (torch >= 2.6) registers a custom op whose body is visible to torch.compile: Inductor sees the triton
+# kernels launched through wrap_triton and can schedule them in a graph (and CUDA graphs capture them). The body is
+# also used as the fake (meta) implementation, so it must be traceable: only torch ops on tensor metadata, no host
+# syncs. Older torch: no registration, the op is the plain function (still callable eagerly).
+_triton_op = getattr(torch.library, "triton_op", None)
+_wrap_triton = getattr(torch.library, "wrap_triton", None) or getattr(torch.library, "capture_triton", None)
+
+
+def wrap_triton(kernel):
+    """``torch.library.wrap_triton(kernel)`` where available, else the kernel itself.
+
+    Use it at every launch inside a registered op: ``wrap_triton(_my_kernel)[grid](...)``. Outside tracing it just
+    launches the kernel.
+    """
+    if _wrap_triton is None:
+        return kernel
+    return _wrap_triton(kernel)
+
+
+def register_op(name: str, fn: Callable[..., torch.Tensor], *, mutates_args: Iterable[str] | str = ()) -> Callable:
+    """Register ``fn`` as ``torch.ops.ttf.<name>`` via ``torch.library.triton_op``; return the callable to use.
+
+    ``fn`` must carry full type annotations (the schema is inferred from them: ``Optional[torch.Tensor]``,
+    ``Optional[str]``, ``Optional[torch.dtype]``, ``float``, ``int``, ``bool`` are all expressible), must launch its
+    kernels through :func:`wrap_triton`, and must return fresh tensors (outputs may not alias inputs).
+
+    Returns the registered op (calls go through the dispatcher) or, when ``triton_op`` is unavailable, ``fn``.
+    Registering the same name twice in one process (e.g. the module imported under two paths) reuses the first
+    registration instead of failing.
+    """
+    qualname = f"{NAMESPACE}::{name}"
+    if _triton_op is None:
+        return fn
+    try:
+        return _triton_op(qualname, mutates_args=mutates_args)(fn)
+    except RuntimeError as exc:
+        # "already registered": the dispatcher keeps one definition per name for the process lifetime.
+        existing = getattr(getattr(torch.ops, NAMESPACE), name, None)
+        if existing is None:
+            raise
+        if "already" not in str(exc) and "registered" not in str(exc):  # pragma: no cover
+            raise
+        return existing.default

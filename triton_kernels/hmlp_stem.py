@@ -1,0 +1,700 @@
+r"""Fused hMLP stem: image (B, C, H, W) -> tokens (B, [1 +] N, E) in one launch.
+
+Math, per 16×16 patch (C4 = E/4; C = in_chans, 3 for images; W_i, b_i the convs with BatchNorm folded in, or the raw
+convs followed by a LayerNorm over channels, eps 1e-6, for the LN variant):
+
+    x[s]  ∈ R^{16C}    the 16 sub-patches of 4×4 pixels, s = (sy, sx) ∈ 4×4, features ordered (c, ky, kx)
+    h1[s] = gelu(norm1(W1 x[s] + b1))                       ∈ R^{C4}   W1 (C4, 16C)
+    h2[t] = gelu(norm2(Σ_{j<4} W2[:, :, j] h1[child_j(t)] + b2))     t ∈ 2×2 groups,  W2 (C4, C4, 4)
+    y     = norm3(Σ_{j<4} W3[:, :, j] h2[child_j] + b3)    ∈ R^E      W3 (E, C4, 4)
+    token = y (+ pos[n]) ;  optional class-token row at index 0, masked rows = mask_token (+ pos[n])
+
+with j = ky·2 + kx the position of a child in its 2×2 group (the conv kernel index) and
+child_j(t) = (2·ty + j // 2, 2·tx + j % 2). gelu is exact (erf). The 16/4/1 intermediates of a patch live in
+registers only; the kernel never writes them.
+
+Kernel design. One program takes BLOCK_P patches (rows). The 2×2 regrouping needs no in-register reshape: the
+program loops over the 4 stage-3 children t (unrolled) and, inside, over the 4 stage-2 children j (unrolled),
+loading for every patch of the block the sub-patch child_j(t) as a (BLOCK_P, 16C) tile straight from the image
+(im2col by address arithmetic, any strides: NCHW or channels-last), so each stage is a plain tl.dot with M = BLOCK_P:
+
+    16×  (BLOCK_P, K1P) @ (K1P, C4P)     stage 1   (K1P = 16C padded to a power of two: 48 -> 64)
+    16×  (BLOCK_P, C4P) @ (C4P, C4P)     stage 2   accumulated over j with weight slice W2[:, :, j]
+     4×  (BLOCK_P, C4P) @ (C4P, BLOCK_E) stage 3   per E chunk, accumulated over t with W3[:, :, t]
+
+The four h2 tiles (BLOCK_P, C4P) stay in registers while stage 3 walks E in chunks of BLOCK_E. C4 is padded to a
+power of two C4P with zero weights (E = 768: 192 -> 256), so padded channels stay exactly 0 through every norm and
+GELU. The LN of stage 3 spans all E chunks: with one chunk it is done in registers; with several, pass 1 writes
+d = y − μ' into the output rows, where μ' = Σ_t h2[t]·mean_o(W3[o, :, t]) + mean(b3) is the exact (linear) channel
+mean known before any chunk, accumulating Σd and Σd² (no E[y²] − E[y]² cancellation: d is already centred), and
+pass 2 re-reads d (the program's own rows, hot in L2) and writes ((d − mean d)·rstd)·g + b (+ pos).
+
+Masking (patches never mix, so masking before or after the stem is the same): the program's rows are gathered
+through an index tensor. MAE: rows are the (B, N_vis) visible indices, output (B, [1+]N_vis, E), work ∝ N_vis.
+BEiT: rows are all N patches of each sample ordered visible-first (a stable sort of the mask, no host sync); a
+block whose rows are all masked skips the GEMMs and only writes the mask token, so work ∝ visible + one partial
+block per sample; output (B, [1+]N, E).
+
+Cost per patch: MACs = 16·16C·C4 + 4·4·C4·C4 + 4·C4·E = 192E + E² + E² (C = 3);   FLOPs = 2·MACs.
+    E = 768 (ViT-B): 1.327 MMAC per patch (linear stem: 16·16·3·768 = 0.590 MMAC); ×196 patches = 0.260 GMAC per
+    224-px image (+0.145 GMAC over the linear stem: ViT-B 17.58 -> 17.73 GMACs).
+    Executed with padding (K1P = 64, C4P = 256): 16·64·256 + 16·256² + 4·256·768 = 2.10 MMAC per patch (1.58×).
+Bytes: image B·C·H·W·s_img in + tokens B·N·E·s_out out (+ pos N·E once, L2-resident) (+ 2·B·N·E·s_out of L2
+traffic for LN with several E chunks). ViT-B, batch 256, 224 px, fp32 image, bf16 tokens: 154 MB + 77 MB;
+133 GFLOP -> ~580 FLOP/B: compute bound on H100 (see bench/notes/hmlp_stem.md).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import (FLOAT_DTYPES, check_out, check_same_device, check_tensor, device_guard, interpreter_active,
+                      next_power_of_2, register_op, skip_launch, wrap_triton)
+
+__all__ = ["HMLPStemWeights", "prepare_hmlp_stem", "hmlp_stem", "hmlp_stem_ref", "resolve_masking"]
+
+PATCH = 16  # hMLP patch: 4 (stage 1) × 2 (stage 2) × 2 (stage 3)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Kernel
+# ---------------------------------------------------------------------------------------------------------------
+@triton.jit
+def _gelu(x):
+    return 0.5 * x * (1.0 + tl.math.erf(x * 0.7071067811865476))
+
+
+@triton.jit
+def _ln_rows(y, w, b, col_ok, n, eps):
+    """LayerNorm over the valid columns of y (R, C) fp32; padded columns come out 0 (w, b are zero-padded)."""
+    mean = tl.sum(tl.where(col_ok[None, :], y, 0.0), 1) / n
+    d = tl.where(col_ok[None, :], y - mean[:, None], 0.0)
+    var = tl.sum(d * d, 1) / n
+    rstd = 1.0 / tl.sqrt(var + eps)
+    return d * rstd[:, None] * w[None, :] + b[None, :]
+
+
+@triton.jit
+def _patch_rows(pid, R, S, N, idx_ptr, s_xb, s_xs, mask_ptr, s_mb, s_mn,
+                HAS_IDX: tl.constexpr, BEIT: tl.constexpr, BLOCK_P: tl.constexpr):
+    """Rows of this program -> (sample b int64, row-in-sample v, patch number n, row valid, row visible)."""
+    rows = pid * BLOCK_P + tl.arange(0, BLOCK_P)
+    row_ok = rows < R
+    b = (rows // S).to(tl.int64)
+    v = rows % S
+    if HAS_IDX:
+        n = tl.load(idx_ptr + b * s_xb + v * s_xs, mask=row_ok, other=0).to(tl.int32)
+        row_ok = row_ok & (n >= 0) & (n < N)  # out-of-range indices: row skipped, never an illegal address
+        n = tl.where(row_ok, n, 0)
+    else:
+        n = v
+    if BEIT:
+        hidden = tl.load(mask_ptr + b * s_mb + n * s_mn, mask=row_ok, other=1) != 0
+        vis = row_ok & (hidden == 0)
+    else:
+        vis = row_ok
+    return b, v, n, row_ok, vis
+
+
+@triton.jit
+def _hmlp_stage12(img_ptr, img_rows, pix, k_ok, vis, w1, b1, w2_ptr, b2, ln1_w, ln1_b, ln2_w, ln2_b, c_ok, eps,
+                  s_ih, s_iw,
+                  T: tl.constexpr, C4: tl.constexpr, C4P: tl.constexpr, IS_LN: tl.constexpr,
+                  DOT_PREC: tl.constexpr, BLOCK_P: tl.constexpr):
+    """h2[t] for stage-2 node T of every patch in the block: (BLOCK_P, C4P) in the compute dtype."""
+    DT = w1.dtype
+    ci = tl.arange(0, C4P)
+    acc2 = tl.zeros((BLOCK_P, C4P), dtype=tl.float32)
+    # a runtime loop: unrolling it (static_range) quadruples the code and the compile time (~1 min per config)
+    for j in range(4):
+        sy = 2 * (T // 2) + j // 2
+        sx = 2 * (T % 2) + j % 2
+        x = tl.load(img_ptr + img_rows[:, None] + (4 * sy) * s_ih + (4 * sx) * s_iw + pix[None, :],
+                    mask=vis[:, None] & k_ok[None, :], other=0.0)
+        h1 = tl.dot(x.to(DT), w1, input_precision=DOT_PREC) + b1[None, :]
+        if IS_LN:
+            h1 = _ln_rows(h1, ln1_w, ln1_b, c_ok, C4, eps)
+        h1 = _gelu(h1).to(DT)
+        w2 = tl.load(w2_ptr + j * C4P * C4P + ci[:, None] * C4P + ci[None, :])
+        acc2 = tl.dot(h1, w2, acc2, input_precision=DOT_PREC)
+    h2 = acc2 + b2[None, :]
+    if IS_LN:
+        h2 = _ln_rows(h2, ln2_w, ln2_b, c_ok, C4, eps)
+    return _gelu(h2).to(DT)
+
+
+@triton.jit
+def _hmlp_stage3(h0, h1, h2, h3, w3_ptr, e0,
+                 E: tl.constexpr, C4P: tl.constexpr, DOT_PREC: tl.constexpr, BLOCK_E: tl.constexpr):
+    """Σ_t h2[t] @ W3[t][:, e0:e0+BLOCK_E] -> (BLOCK_P, BLOCK_E) fp32, plus the chunk's columns and their mask."""
+    offs_e = e0 + tl.arange(0, BLOCK_E)
+    e_ok = offs_e < E
+    ci = tl.arange(0, C4P)
+    ptrs = w3_ptr + ci[:, None] * E + offs_e[None, :]
+    m = e_ok[None, :]
+    acc = tl.dot(h0, tl.load(ptrs, mask=m, other=0.0), input_precision=DOT_PREC)
+    acc = tl.dot(h1, tl.load(ptrs + C4P * E, mask=m, other=0.0), acc, input_precision=DOT_PREC)
+    acc = tl.dot(h2, tl.load(ptrs + 2 * C4P * E, mask=m, other=0.0), acc, input_precision=DOT_PREC)
+    acc = tl.dot(h3, tl.load(ptrs + 3 * C4P * E, mask=m, other=0.0), acc, input_precision=DOT_PREC)
+    return acc, offs_e, e_ok
+
+
+@triton.jit
+def _write_extra_rows(out_ptr, out_rows, b, v, n, row_ok, vis, cls_ptr, mtok_ptr, pos_ptr, s_ob, s_pn, s_pe, e0,
+                      E: tl.constexpr, HAS_CLS: tl.constexpr, BEIT: tl.constexpr, HAS_POS: tl.constexpr,
+                      BLOCK_E: tl.constexpr):
+    """Rows the GEMMs do not produce: the class token (written by each sample's row v == 0) and mask tokens."""
+    offs_e = e0 + tl.arange(0, BLOCK_E)
+    e_ok = offs_e < E
+    if HAS_CLS:
+        first = row_ok & (v == 0)
+        c = tl.load(cls_ptr + offs_e, mask=e_ok, other=0.0).to(tl.float32)
+        cv = tl.where(first[:, None], c[None, :], 0.0)
+        tl.store(out_ptr + b[:, None] * s_ob + offs_e[None, :], cv.to(out_ptr.dtype.element_ty),
+                 mask=first[:, None] & e_ok[None, :])
+    if BEIT:
+        hid = row_ok & (vis == 0)
+        m = hid[:, None] & e_ok[None, :]
+        t = tl.load(mtok_ptr + offs_e, mask=e_ok, other=0.0).to(tl.float32)
+        y = tl.where(hid[:, None], t[None, :], 0.0)
+        if HAS_POS:
+            y += tl.load(pos_ptr + n[:, None] * s_pn + offs_e[None, :] * s_pe, mask=m, other=0.0).to(tl.float32)
+        tl.store(out_rows[:, None] + offs_e[None, :], y.to(out_ptr.dtype.element_ty), mask=m)
+
+
+@triton.jit
+def _hmlp_stem_kernel(
+    # pointers
+    img_ptr,    # (B, C, H, W) images, any strides, any float dtype
+    w1_ptr,     # (K1P, C4P) stage 1, row k = c·16 + ky·4 + kx; zero rows k >= 16C, zero cols >= C4
+    b1_ptr,     # (C4P,) fp32
+    w2_ptr,     # (4, C4P, C4P) stage 2, [j = ky·2 + kx, in, out]
+    b2_ptr,     # (C4P,) fp32
+    w3_ptr,     # (4, C4P, E) stage 3, [t = ky·2 + kx, in, out]
+    b3_ptr,     # (E,) fp32
+    lnw_ptr,    # (2, C4P) fp32 LN gains of stages 1, 2 (IS_LN)
+    lnb_ptr,    # (2, C4P) fp32 LN biases of stages 1, 2 (IS_LN)
+    ln3w_ptr,   # (E,) fp32 (IS_LN)
+    ln3b_ptr,   # (E,) fp32 (IS_LN)
+    w3m_ptr,    # (4, C4P) fp32 mean over outputs of the (rounded) W3 (IS_LN, E > BLOCK_E)
+    pos_ptr,    # (N, E) position embedding (HAS_POS)
+    cls_ptr,    # (E,) class-token row (HAS_CLS)
+    mtok_ptr,   # (E,) mask token (BEIT)
+    idx_ptr,    # (B, S) patch number of each row (HAS_IDX)
+    mask_ptr,   # (B, N) uint8, 1 = masked (BEIT)
+    out_ptr,    # (B, HAS_CLS + S, E), unit inner stride
+    # sizes
+    R, S, N, WP, b3_mean, eps,
+    # strides
+    s_ib, s_ic, s_ih, s_iw,
+    s_xb, s_xs,
+    s_mb, s_mn,
+    s_pn, s_pe,
+    s_ob, s_on,
+    # meta-parameters
+    C_IN: tl.constexpr, E: tl.constexpr, C4: tl.constexpr, C4P: tl.constexpr, K1P: tl.constexpr,
+    IS_LN: tl.constexpr, HAS_POS: tl.constexpr, HAS_CLS: tl.constexpr, HAS_IDX: tl.constexpr, BEIT: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_E: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    b, v, n, row_ok, vis = _patch_rows(pid, R, S, N, idx_ptr, s_xb, s_xs, mask_ptr, s_mb, s_mn,
+                                       HAS_IDX, BEIT, BLOCK_P)
+    if BEIT:
+        out_row = n
+    else:
+        out_row = v
+    if HAS_CLS:
+        out_row = out_row + 1
+    out_rows = out_ptr + b * s_ob + out_row.to(tl.int64) * s_on        # (BLOCK_P,) row pointers
+    OUT_DT = out_ptr.dtype.element_ty
+
+    n_vis = tl.sum(vis.to(tl.int32), 0)
+    if n_vis > 0:  # BEiT: a block of masked rows only skips every GEMM
+        py = n // WP
+        px = n % WP
+        img_rows = b * s_ib + (py * 16).to(tl.int64) * s_ih + (px * 16).to(tl.int64) * s_iw  # 16 = PATCH
+        kk = tl.arange(0, K1P)
+        k_ok = kk < 16 * C_IN
+        pix = (kk // 16) * s_ic + ((kk // 4) % 4) * s_ih + (kk % 4) * s_iw
+        ci = tl.arange(0, C4P)
+        c_ok = ci < C4
+        w1 = tl.load(w1_ptr + kk[:, None] * C4P + ci[None, :])
+        b1 = tl.load(b1_ptr + ci)
+        b2 = tl.load(b2_ptr + ci)
+        if IS_LN:
+            ln1_w = tl.load(lnw_ptr + ci)
+            ln1_b = tl.load(lnb_ptr + ci)
+            ln2_w = tl.load(lnw_ptr + C4P + ci)
+            ln2_b = tl.load(lnb_ptr + C4P + ci)
+        else:
+            ln1_w = b1
+            ln1_b = b1
+            ln2_w = b1
+            ln2_b = b1
+        h0 = _hmlp_stage12(img_ptr, img_rows, pix, k_ok, vis, w1, b1, w2_ptr, b2, ln1_w, ln1_b, ln2_w, ln2_b,
+                           c_ok, eps, s_ih, s_iw, 0, C4, C4P, IS_LN, DOT_PREC, BLOCK_P)
+        h1 = _hmlp_stage12(img_ptr, img_rows, pix, k_ok, vis, w1, b1, w2_ptr, b2, ln1_w, ln1_b, ln2_w, ln2_b,
+                           c_ok, eps, s_ih, s_iw, 1, C4, C4P, IS_LN, DOT_PREC, BLOCK_P)
+        h2 = _hmlp_stage12(img_ptr, img_rows, pix, k_ok, vis, w1, b1, w2_ptr, b2, ln1_w, ln1_b, ln2_w, ln2_b,
+                           c_ok, eps, s_ih, s_iw, 2, C4, C4P, IS_LN, DOT_PREC, BLOCK_P)
+        h3 = _hmlp_stage12(img_ptr, img_rows, pix, k_ok, vis, w1, b1, w2_ptr, b2, ln1_w, ln1_b, ln2_w, ln2_b,
+                           c_ok, eps, s_ih, s_iw, 3, C4, C4P, IS_LN, DOT_PREC, BLOCK_P)
+
+        if IS_LN and E > BLOCK_E:
+            # Several E chunks: two passes through the output rows (see the module docstring).
+            mu = tl.zeros((BLOCK_P,), dtype=tl.float32) + b3_mean
+            mu += tl.sum(h0.to(tl.float32) * tl.load(w3m_ptr + ci)[None, :], 1)
+            mu += tl.sum(h1.to(tl.float32) * tl.load(w3m_ptr + C4P + ci)[None, :], 1)
+            mu += tl.sum(h2.to(tl.float32) * tl.load(w3m_ptr + 2 * C4P + ci)[None, :], 1)
+            mu += tl.sum(h3.to(tl.float32) * tl.load(w3m_ptr + 3 * C4P + ci)[None, :], 1)
+            s1 = tl.zeros((BLOCK_P,), dtype=tl.float32)
+            s2 = tl.zeros((BLOCK_P,), dtype=tl.float32)
+            for e0 in range(0, E, BLOCK_E):
+                acc, offs_e, e_ok = _hmlp_stage3(h0, h1, h2, h3, w3_ptr, e0, E, C4P, DOT_PREC, BLOCK_E)
+                y = acc + tl.load(b3_ptr + offs_e, mask=e_ok, other=0.0)[None, :]
+                d = tl.where(e_ok[None, :], y - mu[:, None], 0.0)
+                s1 += tl.sum(d, 1)
+                s2 += tl.sum(d * d, 1)
+                tl.store(out_rows[:, None] + offs_e[None, :], d.to(OUT_DT), mask=vis[:, None] & e_ok[None, :])
+            dm = s1 / E
+            rstd = 1.0 / tl.sqrt(tl.maximum(s2 / E - dm * dm, 0.0) + eps)
+            tl.debug_barrier()  # pass 2 reads rows other threads of this program wrote
+            for e0 in range(0, E, BLOCK_E):
+                offs_e = e0 + tl.arange(0, BLOCK_E)
+                e_ok = offs_e < E
+                m = vis[:, None] & e_ok[None, :]
+                d = tl.load(out_rows[:, None] + offs_e[None, :], mask=m, other=0.0).to(tl.float32)
+                g = tl.load(ln3w_ptr + offs_e, mask=e_ok, other=0.0)
+                bb = tl.load(ln3b_ptr + offs_e, mask=e_ok, other=0.0)
+                y = (d - dm[:, None]) * rstd[:, None] * g[None, :] + bb[None, :]
+                if HAS_POS:
+                    y += tl.load(pos_ptr + n[:, None] * s_pn + offs_e[None, :] * s_pe, mask=m, other=0.0).to(
+                        tl.float32)
+                tl.store(out_rows[:, None] + offs_e[None, :], y.to(OUT_DT), mask=m)
+        else:
+            for e0 in range(0, E, BLOCK_E):
+                acc, offs_e, e_ok = _hmlp_stage3(h0, h1, h2, h3, w3_ptr, e0, E, C4P, DOT_PREC, BLOCK_E)
+                y = acc + tl.load(b3_ptr + offs_e, mask=e_ok, other=0.0)[None, :]
+                if IS_LN:  # E <= BLOCK_E: the whole row is in registers
+                    g = tl.load(ln3w_ptr + offs_e, mask=e_ok, other=0.0)
+                    bb = tl.load(ln3b_ptr + offs_e, mask=e_ok, other=0.0)
+                    y = _ln_rows(y, g, bb, e_ok, E, eps)
+                m = vis[:, None] & e_ok[None, :]
+                if HAS_POS:
+                    y += tl.load(pos_ptr + n[:, None] * s_pn + offs_e[None, :] * s_pe, mask=m, other=0.0).to(
+                        tl.float32)
+                tl.store(out_rows[:, None] + offs_e[None, :], y.to(OUT_DT), mask=m)
+
+    if HAS_CLS or BEIT:
+        for e0 in range(0, E, BLOCK_E):
+            _write_extra_rows(out_ptr, out_rows, b, v, n, row_ok, vis, cls_ptr, mtok_ptr, pos_ptr, s_ob, s_pn, s_pe,
+                              e0, E, HAS_CLS, BEIT, HAS_POS, BLOCK_E)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Configurations
+# ---------------------------------------------------------------------------------------------------------------
+# Unmeasured starting points (no GPU in the session that wrote this): BLOCK_P is the M of every tl.dot (>= 16); the
+# four h2 tiles cost 4·BLOCK_P·C4P·2 B of registers (E = 768: 64 KB at BLOCK_P = 32), so large BLOCK_P needs 8 warps.
+# BLOCK_E bounds the stage-3 accumulator and the W3 slice staged per dot (C4P·BLOCK_E·2 B = 64 KB at 256 × 128).
+def _config(bp, be, warps, stages=1):
+    return triton.Config({"BLOCK_P": bp, "BLOCK_E": be}, num_warps=warps, num_stages=stages)
+
+
+_CONFIGS = [
+    _config(16, 128, 4),
+    _config(32, 64, 4),
+    _config(32, 128, 4),
+    _config(32, 128, 8),
+    _config(64, 64, 8),
+    _config(64, 128, 8),
+]
+_hmlp_stem_kernel_tuned = triton.autotune(configs=_CONFIGS, key=["R", "E", "C4P", "IS_LN"])(_hmlp_stem_kernel)
+
+#: The single config used under the interpreter (autotuning there would re-run the interpreted kernel per config).
+#: Tests lower BLOCK_E to exercise the several-chunk paths at tiny E.
+_INTERPRETER_META = {"BLOCK_P": 16, "BLOCK_E": 64}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Weights
+# ---------------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class HMLPStemWeights:
+    """hMLP stem weights packed once for the kernel (see `prepare_hmlp_stem`). Shapes in the kernel comments."""
+
+    norm: str                  # "bn" (folded) or "ln"
+    in_chans: int
+    embed_dim: int
+    hidden: int                # C4 = E/4
+    w1: torch.Tensor           # (K1P, C4P) compute dtype
+    b1: torch.Tensor           # (C4P,) fp32
+    w2: torch.Tensor           # (4, C4P, C4P) compute dtype
+    b2: torch.Tensor           # (C4P,) fp32
+    w3: torch.Tensor           # (4, C4P, E) compute dtype
+    b3: torch.Tensor           # (E,) fp32
+    ln_w: Optional[torch.Tensor] = None    # (2, C4P) fp32, LN only
+    ln_b: Optional[torch.Tensor] = None
+    ln3_w: Optional[torch.Tensor] = None   # (E,) fp32
+    ln3_b: Optional[torch.Tensor] = None
+    w3_mean: Optional[torch.Tensor] = None  # (4, C4P) fp32
+    b3_mean: float = 0.0
+    eps: float = 1e-6
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.w1.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.w1.device
+
+
+def prepare_hmlp_stem(folded: dict, dtype: torch.dtype = torch.bfloat16,
+                      device: torch.device | str | None = None) -> HMLPStemWeights:
+    """Pack `threethings_fast.folding.fold_stem(stem)` of an hMLP stem (kind "hmlp_bn" or "hmlp_ln") for the kernel.
+
+    Weights go to `dtype` (the kernel's compute and output dtype), biases and LN parameters stay fp32; C4 = E/4 and
+    16·in_chans are zero-padded to powers of two (>= 16, the smallest tl.dot tile). Run once at load time.
+    """
+    kind = folded.get("kind")
+    if kind not in ("hmlp_bn", "hmlp_ln"):
+        raise ValueError(f"prepare_hmlp_stem needs a folded hMLP stem (kind 'hmlp_bn' or 'hmlp_ln'), got {kind!r}")
+    if dtype not in FLOAT_DTYPES:
+        raise TypeError(f"dtype must be one of {FLOAT_DTYPES}, got {dtype}")
+    f64 = torch.float64
+    w1, w2, w3 = (folded[k].detach().to(f64) for k in ("w1", "w2", "w3"))
+    c4, c_in = w1.shape[0], w1.shape[1]
+    e = w3.shape[0]
+    if w1.shape[2:] != (4, 4) or w2.shape != (c4, c4, 2, 2) or w3.shape != (e, c4, 2, 2):
+        raise ValueError(f"unexpected hMLP conv shapes w1 {tuple(w1.shape)}, w2 {tuple(w2.shape)}, "
+                         f"w3 {tuple(w3.shape)}")
+    device = torch.device(device) if device is not None else w1.device
+    c4p = max(16, next_power_of_2(c4))
+    k1p = max(16, next_power_of_2(16 * c_in))
+
+    def pad(t, shape):
+        z = torch.zeros(shape, dtype=f64, device=t.device)
+        z[tuple(slice(0, s) for s in t.shape)] = t
+        return z
+
+    p_w1 = pad(w1.reshape(c4, 16 * c_in).t(), (k1p, c4p))                      # [(c, ky, kx), out]
+    p_w2 = pad(w2.permute(2, 3, 1, 0).reshape(4, c4, c4), (4, c4p, c4p))         # [j, in, out]
+    p_w3 = pad(w3.permute(2, 3, 1, 0).reshape(4, c4, e), (4, c4p, e))            # [t, in, out]
+    w3_lp = p_w3.to(dtype)
+    fp32 = dict(dtype=torch.float32, device=device)
+    out = dict(
+        norm=kind.split("_")[1], in_chans=c_in, embed_dim=e, hidden=c4,
+        w1=p_w1.to(device=device, dtype=dtype).contiguous(),
+        b1=pad(folded["b1"].to(f64), (c4p,)).to(**fp32),
+        w2=p_w2.to(device=device, dtype=dtype).contiguous(),
+        b2=pad(folded["b2"].to(f64), (c4p,)).to(**fp32),
+        w3=w3_lp.to(device=device).contiguous(),
+        b3=folded["b3"].to(f64).to(**fp32).contiguous(),
+    )
+    if kind == "hmlp_ln":
+        out.update(
+            ln_w=torch.stack([pad(folded["ln1_w"].to(f64), (c4p,)), pad(folded["ln2_w"].to(f64), (c4p,))]).to(**fp32),
+            ln_b=torch.stack([pad(folded["ln1_b"].to(f64), (c4p,)), pad(folded["ln2_b"].to(f64), (c4p,))]).to(**fp32),
+            ln3_w=folded["ln3_w"].to(f64).to(**fp32).contiguous(),
+            ln3_b=folded["ln3_b"].to(f64).to(**fp32).contiguous(),
+            # channel mean of stage 3 as a linear map of h2, from the weights the kernel actually multiplies
+            w3_mean=w3_lp.to(f64).mean(dim=2).to(**fp32).contiguous(),
+            b3_mean=float(folded["b3"].to(f64).to(torch.float32).to(f64).mean()),
+            eps=float(folded.get("eps", 1e-6)),
+        )
+    return HMLPStemWeights(**out)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Masking arguments (shared with patch_embed)
+# ---------------------------------------------------------------------------------------------------------------
+def resolve_masking(B: int, N: int, visible_idx: Optional[torch.Tensor], mask: Optional[torch.Tensor],
+                    mask_token: Optional[torch.Tensor], device: torch.device):
+    """Normalise the user's masking arguments to what the registered ops take: (visible_idx, mask, mask_token).
+
+    - nothing: all patches.
+    - visible_idx (B, N_vis) int32/int64: MAE, those patches in that order.
+    - mask (B, N) bool, True = masked, no mask_token: MAE with ascending visible indices. Every sample must keep
+      the same number of patches (ValueError otherwise). This path reads the counts: a host sync. Pass
+      visible_idx to stay sync-free.
+    - mask_token (E,) with mask or visible_idx: BEiT, returned as (None, mask, mask_token); a mask may hide a
+      different number of patches per sample. visible_idx is turned into a mask without a sync.
+    """
+    if mask is not None and visible_idx is not None:
+        raise ValueError("pass either mask or visible_idx, not both")
+    if mask is not None:
+        if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+            raise TypeError(f"mask must be a bool tensor (B, N) with True = masked, got "
+                            f"{mask.dtype if isinstance(mask, torch.Tensor) else type(mask).__name__}")
+        if tuple(mask.shape) != (B, N):
+            raise ValueError(f"mask must have shape (B, N) = ({B}, {N}), got {tuple(mask.shape)}")
+        if mask.device != device:
+            raise RuntimeError(f"mask must be on {device}, got {mask.device}")
+    if visible_idx is not None:
+        if not isinstance(visible_idx, torch.Tensor) or visible_idx.dtype not in (torch.int32, torch.int64):
+            raise TypeError("visible_idx must be an int32/int64 tensor (B, N_vis)")
+        if visible_idx.dim() != 2 or visible_idx.shape[0] != B or visible_idx.shape[1] > N:
+            raise ValueError(f"visible_idx must have shape (B, N_vis) = ({B}, <= {N}), got "
+                             f"{tuple(visible_idx.shape)}")
+        if visible_idx.device != device:
+            raise RuntimeError(f"visible_idx must be on {device}, got {visible_idx.device}")
+    if mask_token is not None:
+        if mask is None and visible_idx is None:
+            raise ValueError("mask_token (BEiT mode) needs mask or visible_idx")
+        if visible_idx is not None:
+            mask = torch.ones(B, N, dtype=torch.bool, device=device).scatter(1, visible_idx.long(), False)
+        return None, mask, mask_token
+    if mask is not None:
+        from threethings_fast.reference.stems import mask_to_indices  # the documented host-sync path
+        return mask_to_indices(mask), None, None
+    return visible_idx, None, None
+
+
+def _flat_vector(t: Optional[torch.Tensor], name: str, E: int) -> Optional[torch.Tensor]:
+    if t is None:
+        return None
+    if not isinstance(t, torch.Tensor) or t.numel() != E:
+        raise ValueError(f"{name} must hold E = {E} values ((E,) or (1, 1, E)), got "
+                         f"{tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}")
+    return t.reshape(E)
+
+
+def _flat_pos(pos: Optional[torch.Tensor], N: int, E: int) -> Optional[torch.Tensor]:
+    if pos is None:
+        return None
+    if not isinstance(pos, torch.Tensor) or pos.shape[-2:] != (N, E) or pos.numel() != N * E:
+        raise ValueError(f"pos must have shape (N, E) or (1, N, E) = ({N}, {E}), got "
+                         f"{tuple(pos.shape) if isinstance(pos, torch.Tensor) else type(pos).__name__}")
+    return pos.reshape(N, E)
+
+
+def check_stem_inputs(images, in_chans: int, E: int, patch: int, pos, cls, visible_idx, mask, mask_token):
+    """Validate the arguments of a stem op (metadata only); return (B, N, Hp, Wp, S, out_shape)."""
+    check_tensor(images, "images", ndim=4, contiguous=False)
+    B, C, H, W = images.shape
+    if C != in_chans:
+        raise ValueError(f"images must have {in_chans} channels (the stem's in_chans), got shape {tuple(images.shape)}")
+    if H <= 0 or W <= 0 or H % patch or W % patch:
+        raise ValueError(f"image height and width must be positive multiples of {patch}, got {H}×{W}")
+    Hp, Wp = H // patch, W // patch
+    N = Hp * Wp
+    if pos is not None:
+        check_tensor(pos, "pos", ndim=2, shape=(N, E), contiguous=False)
+    for t, name in ((cls, "cls"), (mask_token, "mask_token")):
+        if t is not None:
+            check_tensor(t, name, ndim=1, shape=(E,), contiguous=False)
+    if visible_idx is not None:
+        check_tensor(visible_idx, "visible_idx", ndim=2, dtypes=(torch.int32, torch.int64), contiguous=False)
+        if visible_idx.shape[0] != B or visible_idx.shape[1] > N:
+            raise ValueError(f"visible_idx must have shape (B, N_vis) = ({B}, <= {N}), got "
+                             f"{tuple(visible_idx.shape)}")
+    if mask is not None:
+        check_tensor(mask, "mask", ndim=2, shape=(B, N), dtypes=(torch.bool,), contiguous=False)
+    beit = mask_token is not None
+    if beit and mask is None:
+        raise ValueError("mask_token (BEiT mode) needs mask (B, N)")
+    if mask is not None and not beit:
+        raise ValueError("a mask without mask_token: pass visible_idx for MAE mode (see resolve_masking)")
+    if beit and visible_idx is not None:
+        raise ValueError("BEiT mode takes mask, not visible_idx")
+    check_same_device(images=images, pos=pos, cls=cls, visible_idx=visible_idx, mask=mask, mask_token=mask_token)
+    S = visible_idx.shape[1] if visible_idx is not None else N
+    out_shape = (B, int(cls is not None) + S, E)
+    return B, N, Hp, Wp, S, out_shape
+
+
+def row_order(mask: Optional[torch.Tensor], visible_idx: Optional[torch.Tensor]):
+    """(idx (B, S) or None, mask as uint8 or None): BEiT rows are every patch, visible first (stable sort)."""
+    if mask is not None:
+        order = torch.sort(mask.to(torch.int8), dim=1, stable=True).indices
+        return order, mask.view(torch.uint8)
+    return visible_idx, None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Launcher and registered op
+# ---------------------------------------------------------------------------------------------------------------
+def _hmlp_stem_launch(images, w1, b1, w2, b2, w3, b3, ln_w, ln_b, ln3_w, ln3_b, w3_mean, b3_mean, eps, hidden,
+                      pos, cls, visible_idx, mask, mask_token, out) -> None:
+    B, C, H, W = images.shape
+    E = w3.shape[-1]
+    Hp, Wp = H // PATCH, W // PATCH
+    N = Hp * Wp
+    idx, mask_u8 = row_order(mask, visible_idx)
+    S = idx.shape[1] if idx is not None else N
+    R = B * S
+    if B == 0 or skip_launch(images):
+        return
+    if R == 0:  # MAE with nothing visible: only class tokens
+        if cls is not None:
+            out[:, 0, :] = cls.to(out.dtype)
+        return
+    is_ln = ln_w is not None
+    dummy = b1
+    precision = "ieee"  # fp32 compute must match an fp32 reference; 16-bit operands ignore it
+
+    def grid(meta):
+        return (triton.cdiv(R, meta["BLOCK_P"]),)
+
+    if interpreter_active():
+        kernel, meta = _hmlp_stem_kernel, dict(_INTERPRETER_META)
+    else:
+        kernel, meta = _hmlp_stem_kernel_tuned, {}
+    with device_guard(images):
+        wrap_triton(kernel)[grid](
+            images, w1, b1, w2, b2, w3, b3,
+            ln_w if is_ln else dummy, ln_b if is_ln else dummy,
+            ln3_w if is_ln else dummy, ln3_b if is_ln else dummy, w3_mean if is_ln else dummy,
+            pos if pos is not None else dummy, cls if cls is not None else dummy,
+            mask_token if mask_token is not None else dummy,
+            idx if idx is not None else dummy, mask_u8 if mask_u8 is not None else dummy, out,
+            R, S, N, Wp, float(b3_mean), float(eps),
+            images.stride(0), images.stride(1), images.stride(2), images.stride(3),
+            idx.stride(0) if idx is not None else 0, idx.stride(1) if idx is not None else 0,
+            mask_u8.stride(0) if mask_u8 is not None else 0, mask_u8.stride(1) if mask_u8 is not None else 0,
+            pos.stride(0) if pos is not None else 0, pos.stride(1) if pos is not None else 0,
+            out.stride(0), out.stride(1),
+            C_IN=C, E=E, C4=hidden, C4P=w1.shape[1], K1P=w1.shape[0],
+            IS_LN=is_ln, HAS_POS=pos is not None, HAS_CLS=cls is not None, HAS_IDX=idx is not None,
+            BEIT=mask is not None, DOT_PREC=precision,
+            **meta,
+        )
+
+
+def _check_weights(w1, b1, w2, b2, w3, b3, ln_w, ln_b, ln3_w, ln3_b, w3_mean, hidden):
+    check_tensor(w1, "w1", ndim=2)
+    k1p, c4p = w1.shape
+    E = w3.shape[-1] if isinstance(w3, torch.Tensor) and w3.dim() == 3 else -1
+    check_tensor(w2, "w2", ndim=3, shape=(4, c4p, c4p), dtype=w1.dtype)
+    check_tensor(w3, "w3", ndim=3, shape=(4, c4p, None), dtype=w1.dtype)
+    for t, name, shape in ((b1, "b1", (c4p,)), (b2, "b2", (c4p,)), (b3, "b3", (E,))):
+        check_tensor(t, name, ndim=1, shape=shape, dtype=torch.float32)
+    if ln_w is not None:
+        for t, name, shape in ((ln_w, "ln_w", (2, c4p)), (ln_b, "ln_b", (2, c4p)), (ln3_w, "ln3_w", (E,)),
+                               (ln3_b, "ln3_b", (E,)), (w3_mean, "w3_mean", (4, c4p))):
+            if t is None:
+                raise ValueError(f"LN stem: {name} is missing")
+            check_tensor(t, name, ndim=len(shape), shape=shape, dtype=torch.float32)
+    if not (0 < hidden <= c4p):
+        raise ValueError(f"hidden ({hidden}) must be in (0, {c4p}]")
+    return E, k1p // 16
+
+
+def _hmlp_stem_op(images: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor,
+                  w3: torch.Tensor, b3: torch.Tensor, ln_w: Optional[torch.Tensor], ln_b: Optional[torch.Tensor],
+                  ln3_w: Optional[torch.Tensor], ln3_b: Optional[torch.Tensor], w3_mean: Optional[torch.Tensor],
+                  b3_mean: float, eps: float, hidden: int, in_chans: int, pos: Optional[torch.Tensor],
+                  cls: Optional[torch.Tensor], visible_idx: Optional[torch.Tensor], mask: Optional[torch.Tensor],
+                  mask_token: Optional[torch.Tensor]) -> torch.Tensor:
+    E, _ = _check_weights(w1, b1, w2, b2, w3, b3, ln_w, ln_b, ln3_w, ln3_b, w3_mean, hidden)
+    *_, out_shape = check_stem_inputs(images, in_chans, E, PATCH, pos, cls, visible_idx, mask, mask_token)
+    check_same_device(images=images, w1=w1)
+    out = torch.empty(out_shape, dtype=w1.dtype, device=images.device)
+    _hmlp_stem_launch(images, w1, b1, w2, b2, w3, b3, ln_w, ln_b, ln3_w, ln3_b, w3_mean, b3_mean, eps, hidden,
+                      pos, cls, visible_idx, mask, mask_token, out)
+    return out
+
+
+_hmlp_stem_registered = register_op("hmlp_stem", _hmlp_stem_op)
+
+
+def hmlp_stem(images: torch.Tensor, prepared: HMLPStemWeights, pos: Optional[torch.Tensor] = None,
+              cls: Optional[torch.Tensor] = None, visible_idx: Optional[torch.Tensor] = None,
+              mask: Optional[torch.Tensor] = None, mask_token: Optional[torch.Tensor] = None,
+              out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Fused hMLP stem (BN folded or LN), one launch: images -> tokens.
+
+    Args:
+        images: (B, C, H, W), C = prepared.in_chans, H and W positive multiples of 16 (non-square fine), float16 /
+            bfloat16 / float32, any strides (NCHW or channels-last). Cast to prepared.dtype in-kernel.
+        prepared: `prepare_hmlp_stem(fold_stem(stem), dtype, device)`; its dtype is the compute and output dtype.
+        pos: optional (N, E) or (1, N, E) position embedding of the N = H/16·W/16 patches, added to every patch token
+            (and to BEiT mask tokens) at its original patch number.
+        cls: optional (E,) row written at token 0 of every sample, as is (add its position embedding yourself).
+        visible_idx: optional int32/int64 (B, N_vis): MAE mode, compute only these patches, in this order.
+        mask: optional bool (B, N), True = masked. Without mask_token: MAE mode with ascending visible indices; all
+            samples must keep the same count (ValueError otherwise) and checking it syncs with the device — pass
+            visible_idx instead to stay sync-free (CUDA graphs).
+        mask_token: optional (E,): BEiT mode (needs mask or visible_idx). Masked positions get mask_token (+ pos);
+            only visible patches are computed; samples may mask different counts.
+        out: optional preallocated result (NaN-poisoning in tests); bypasses the registered op.
+
+    Returns:
+        tokens (B, [1 +] S, E) in prepared.dtype; S = N (no masking or BEiT) or N_vis (MAE).
+        B = 0 returns an empty tensor without a launch. Registered as ``torch.ops.ttf.hmlp_stem``.
+    """
+    if not isinstance(prepared, HMLPStemWeights):
+        raise TypeError("prepared must be the HMLPStemWeights returned by prepare_hmlp_stem")
+    check_tensor(images, "images", ndim=4, contiguous=False)
+    B, _, H, W = images.shape
+    N = (H // PATCH) * (W // PATCH)
+    E = prepared.embed_dim
+    pos, cls, mask_token = _flat_pos(pos, N, E), _flat_vector(cls, "cls", E), _flat_vector(mask_token,
+                                                                                         "mask_token", E)
+    visible_idx, mask, mask_token = resolve_masking(B, N, visible_idx, mask, mask_token, images.device)
+    p = prepared
+    args = (images, p.w1, p.b1, p.w2, p.b2, p.w3, p.b3, p.ln_w, p.ln_b, p.ln3_w, p.ln3_b, p.w3_mean,
+            float(p.b3_mean), float(p.eps), int(p.hidden), int(p.in_chans), pos, cls, visible_idx, mask, mask_token)
+    if out is None:
+        return _hmlp_stem_registered(*args)
+    _check_weights(*args[1:12], p.hidden)
+    *_, out_shape = check_stem_inputs(images, p.in_chans, E, PATCH, pos, cls, visible_idx, mask, mask_token)
+    check_out(out, "out", out_shape, p.dtype, images.device,
+              {"images": images, "pos": pos, "cls": cls, "mask_token": mask_token})
+    _hmlp_stem_launch(*args[:15], pos, cls, visible_idx, mask, mask_token, out)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reference
+# ---------------------------------------------------------------------------------------------------------------
+def _select_tokens(tokens, pos, cls, visible_idx, mask, mask_token):
+    """Apply pos / masking / class token to full-grid tokens (B, N, E) in their dtype."""
+    B, N, E = tokens.shape
+    dt = tokens.dtype
+    if pos is not None:
+        tokens = tokens + pos.reshape(N, E).to(dt)
+    if mask_token is not None:
+        m = mask if mask is not None else torch.ones(B, N, dtype=torch.bool, device=tokens.device).scatter(
+            1, visible_idx.long(), False)
+        t = mask_token.reshape(1, 1, E).to(dt)
+        if pos is not None:
+            t = t + pos.reshape(1, N, E).to(dt)
+        tokens = torch.where(m[:, :, None], t, tokens)
+    elif visible_idx is not None or mask is not None:
+        if visible_idx is None:
+            from threethings_fast.reference.stems import mask_to_indices
+            visible_idx = mask_to_indices(mask)
+        tokens = torch.gather(tokens, 1, visible_idx.long()[:, :, None].expand(-1, -1, E))
+    if cls is not None:
+        tokens = torch.cat([cls.reshape(1, 1, E).to(dt).expand(B, 1, E), tokens], 1)
+    return tokens
+
+
+def hmlp_stem_ref(images: torch.Tensor, folded: dict, pos=None, cls=None, visible_idx=None, mask=None,
+                  mask_token=None, dtype: Optional[torch.dtype] = None, upcast: bool = False) -> torch.Tensor:
+    """Plain-PyTorch hMLP stem from `fold_stem` weights (three strided convs), then pos / masking / class token.
+
+    Works in `dtype` (default images.dtype), rounding after every op as an unfused model would; upcast=True
+    computes and returns float64 (the oracle). Masking here is "mask after" (full grid, then select); the
+    reference module's `forward_masked` is the "mask before" twin.
+    """
+    import torch.nn.functional as F
+    dt = torch.float64 if upcast else (dtype or images.dtype)
+    x = images.to(dt)
+    ln = folded["kind"] == "hmlp_ln"
+    for i in (1, 2, 3):
+        x = F.conv2d(x, folded[f"w{i}"].to(dt), folded[f"b{i}"].to(dt), stride=4 if i == 1 else 2)
+        if ln:
+            x = F.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1],), folded[f"ln{i}_w"].to(dt),
+                             folded[f"ln{i}_b"].to(dt), folded["eps"]).permute(0, 3, 1, 2)
+        if i < 3:
+            x = F.gelu(x)
+    tokens = x.flatten(2).transpose(1, 2)
+    return _select_tokens(tokens, pos, cls, visible_idx, mask, mask_token)

@@ -1,0 +1,274 @@
+r"""GEMM with a fused epilogue: every Linear of a folded (parallel) ViT block.
+
+Math (nn.Linear layout, fp32 accumulation, one rounding to the output dtype):
+
+    y = act(x @ Wᵀ + b) + r          x (M, K), W (N, K), b (N,), r (M, N), y (M, N)
+    act ∈ {identity, gelu}, gelu(z) = ½·z·(1 + erf(z/√2))   (exact erf, as nn.GELU())
+
+Uses in a folded block with K branches (width D, MLP width F, M = B·N tokens):
+    qkv  = x̂ @ Wqkvᵀ + bqkv                 (M, D)   -> (M, 3·K·D)
+    x    = x + o @ Wprojᵀ + bproj            (M, K·D) -> (M, D)     residual in the epilogue
+    h    = gelu(x̂ @ Wfc1ᵀ + bfc1)           (M, D)   -> (M, K·F)   bias + GELU in the epilogue
+    x    = x + h @ Wfc2ᵀ + bfc2              (M, K·F) -> (M, D)     residual in the epilogue
+
+Cost: 2·M·N·K FLOPs; bytes (M·K + N·K)·s_in + M·N·s_out (+ M·N·s_r with a residual, + N·s_b).
+S18x2 (D = 384, K = 2 branches, F = 1536) at 224 px, batch 64, bf16: M = 12 608, per block
+    qkv 2·M·2304·384 = 22.3 GFLOP, proj 2·M·384·768 = 7.4, fc1 2·M·3072·384 = 29.7, fc2 2·M·384·3072 = 29.7
+    -> 89 GFLOP per block, 1.6 TFLOP for 18 blocks: ~2.0 ms at 800 TFLOP/s (floor). Arithmetic intensity of
+    the smallest (proj: M·768 + 384·768 + 2·M·384 elements moved) ≈ 190 FLOP/B: compute bound on H100.
+
+Design: classic tiled GEMM (BLOCK_M × BLOCK_N tile per program, K loop of BLOCK_K), grouped program ordering
+(GROUP_M row-tiles share a column of W tiles while it is in L2), masks on M, N and K so any shape works,
+epilogue in fp32 registers before the single store. fp32 inputs use IEEE fp32 dot unless ``allow_tf32``.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import (FLOAT_DTYPES, check_out, check_same_device, check_tensor, device_guard, interpreter_active,
+                      register_op, skip_launch, wrap_triton)
+
+__all__ = ["linear", "linear_ref", "ACTIVATIONS"]
+
+#: Supported epilogue activations (the ``activation`` string) -> kernel constexpr code.
+ACTIVATIONS = {None: 0, "gelu": 1}
+
+
+@triton.jit
+def _linear_kernel(
+    # pointers
+    x_ptr,  # (M, K) activations, row stride stride_xm, unit inner stride
+    w_ptr,  # (N, K) weight (nn.Linear layout), row stride stride_wn, unit inner stride
+    b_ptr,  # (N,) bias; unused when HAS_BIAS is False
+    r_ptr,  # (M, N) residual, row stride stride_rm; unused when HAS_RESIDUAL is False
+    y_ptr,  # (M, N) output, row stride stride_ym
+    # sizes
+    M, N, K,
+    # strides
+    stride_xm, stride_wn, stride_rm, stride_ym,
+    # meta-parameters
+    HAS_BIAS: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr,
+    ACTIVATION: tl.constexpr,  # 0 identity, 1 exact-erf GELU (applied before the residual add)
+    INPUT_PRECISION: tl.constexpr,  # "ieee" or "tf32"; only matters for fp32 operands
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
+):
+    # Grouped ordering: consecutive programs walk GROUP_M row-tiles down one column of tiles, so the W tile
+    # (BLOCK_N × K) they share is read from L2 rather than HBM.
+    pid = tl.program_id(0)
+    num_pid_m = tl.cdiv(M, BLOCK_M)
+    num_pid_n = tl.cdiv(N, BLOCK_N)
+    num_pid_in_group = GROUP_M * num_pid_n
+    group_id = pid // num_pid_in_group
+    first_pid_m = group_id * GROUP_M
+    group_size_m = min(num_pid_m - first_pid_m, GROUP_M)
+    pid_m = first_pid_m + ((pid % num_pid_in_group) % group_size_m)
+    pid_n = (pid % num_pid_in_group) // group_size_m
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    mask_m = offs_m < M
+    mask_n = offs_n < N
+    # int64 row offsets: M·K exceeds 2³¹ elements at large batch (e.g. 4096 images × 577 tokens × 3072).
+    x_ptrs = x_ptr + offs_m.to(tl.int64)[:, None] * stride_xm + offs_k[None, :]
+    w_ptrs = w_ptr + offs_n.to(tl.int64)[None, :] * stride_wn + offs_k[:, None]  # (BLOCK_K, BLOCK_N) view of Wᵀ
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        k_mask = offs_k < K - k0
+        a = tl.load(x_ptrs, mask=mask_m[:, None] & k_mask[None, :], other=0.0)
+        b = tl.load(w_ptrs, mask=k_mask[:, None] & mask_n[None, :], other=0.0)
+        acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
+        x_ptrs += BLOCK_K
+        w_ptrs += BLOCK_K
+
+    # Epilogue in fp32: bias, activation, residual, then a single rounding on store.
+    if HAS_BIAS:
+        bias = tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
+        acc = acc + bias[None, :]
+    if ACTIVATION == 1:
+        acc = 0.5 * acc * (1.0 + tl.math.erf(acc * 0.7071067811865476))  # 1/√2
+    mask = mask_m[:, None] & mask_n[None, :]
+    offs_m64 = offs_m.to(tl.int64)
+    if HAS_RESIDUAL:
+        res = tl.load(r_ptr + offs_m64[:, None] * stride_rm + offs_n[None, :], mask=mask, other=0.0)
+        acc = acc + res.to(tl.float32)
+    tl.store(y_ptr + offs_m64[:, None] * stride_ym + offs_n[None, :], acc.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Configurations
+# ---------------------------------------------------------------------------------------------------------------
+# Two small, pre-pruned autotune lists chosen by M in the launcher (pruning in Python rather than through
+# prune_configs_by keeps the kernel simple for torch.compile's user-kernel support). Large M (batched throughput):
+# 128-row tiles, 8 warps, 3-4 stages of BLOCK_K = 64 (bf16: (128+256)·64·2 B = 48 KB per stage). Small M (batch 1-2,
+# M ≈ 197-394): smaller tiles so more than a handful of the 132 SMs get work.
+# IEEE fp32 operands (the accuracy path: no tensor cores) skip autotuning and use one config that fits shared
+# memory: their big-tile variants take ~5-30 s each to compile and would not be fast anyway.
+def _config(bm, bn, bk, warps, stages, group_m=8):
+    return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": group_m},
+                         num_warps=warps, num_stages=stages)
+
+
+_CONFIGS_LARGE_M = [
+    _config(128, 256, 64, 8, 3),
+    _config(128, 128, 64, 8, 4),
+    _config(128, 128, 64, 4, 4),
+    _config(128, 64, 64, 4, 4),
+]
+_CONFIGS_SMALL_M = [
+    _config(64, 128, 64, 4, 4),
+    _config(64, 64, 64, 4, 4),
+    _config(32, 64, 128, 4, 4),
+    _config(64, 64, 32, 4, 3),
+]
+#: M at or below this uses the small-tile list (1-2 images at 224 px).
+SMALL_M = 512
+
+_linear_kernel_large = triton.autotune(configs=_CONFIGS_LARGE_M, key=["M", "N", "K"])(_linear_kernel)
+_linear_kernel_small = triton.autotune(configs=_CONFIGS_SMALL_M, key=["M", "N", "K"])(_linear_kernel)
+
+#: IEEE fp32 operands: one conservative config, (64·32 + 32·64)·4 B = 16 KB per stage.
+_FP32_META = {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32, "GROUP_M": 8, "num_warps": 4, "num_stages": 3}
+
+#: One small config under the interpreter: autotuning there re-runs the whole interpreted kernel per config.
+#: 16 is the smallest tile tl.dot accepts.
+_INTERPRETER_META = {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 4}
+
+
+def _linear_launch(x2: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                   residual2: Optional[torch.Tensor], y2: torch.Tensor, activation: Optional[str],
+                   allow_tf32: bool) -> None:
+    """Launch on validated 2-D operands: x2 (M, K), weight (N, K), residual2 (M, N) or None, y2 (M, N)."""
+    M, K = x2.shape
+    N = weight.shape[0]
+    if M == 0 or skip_launch(x2):
+        return
+    # Unused pointer slots get a real, read-only tensor (never dereferenced: the constexpr flag removes the load).
+    b_arg = bias if bias is not None else weight
+    r_arg = residual2 if residual2 is not None else x2
+    stride_rm = residual2.stride(0) if residual2 is not None else 0
+    precision = "tf32" if (allow_tf32 and x2.dtype == torch.float32) else "ieee"
+
+    def grid(meta):
+        return (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)
+
+    if interpreter_active():
+        kernel, meta = _linear_kernel, dict(_INTERPRETER_META)
+    elif precision == "ieee" and x2.dtype == torch.float32:
+        kernel, meta = _linear_kernel, dict(_FP32_META)
+    elif M <= SMALL_M:
+        kernel, meta = _linear_kernel_small, {}
+    else:
+        kernel, meta = _linear_kernel_large, {}
+    with device_guard(x2):
+        wrap_triton(kernel)[grid](
+            x2, weight, b_arg, r_arg, y2,
+            M, N, K,
+            x2.stride(0), weight.stride(0), stride_rm, y2.stride(0),
+            HAS_BIAS=bias is not None,
+            HAS_RESIDUAL=residual2 is not None,
+            ACTIVATION=ACTIVATIONS[activation],
+            INPUT_PRECISION=precision,
+            **meta,
+        )
+
+
+def _check_linear_args(x, weight, bias, residual, activation, out_dtype):
+    """Validate; return (out_shape, out_dtype)."""
+    check_tensor(x, "x", min_ndim=1)
+    check_tensor(weight, "weight", ndim=2, dtype=x.dtype)
+    N, K = weight.shape
+    if K == 0 or N == 0:
+        raise ValueError(f"weight must have non-zero shape (out_features, in_features), got {tuple(weight.shape)}")
+    if x.shape[-1] != K:
+        raise ValueError(f"x's last dim ({x.shape[-1]}) must equal weight's in_features ({K}); "
+                         f"got x {tuple(x.shape)}, weight {tuple(weight.shape)}")
+    out_shape = tuple(x.shape[:-1]) + (N,)
+    if bias is not None:
+        check_tensor(bias, "bias", ndim=1, shape=(N,))
+    if residual is not None:
+        check_tensor(residual, "residual", shape=out_shape, ndim=len(out_shape))
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {list(ACTIVATIONS)}, got {activation!r}")
+    out_dtype = x.dtype if out_dtype is None else out_dtype
+    if out_dtype not in FLOAT_DTYPES:
+        raise TypeError(f"out_dtype must be one of float16, bfloat16, float32 or None, got {out_dtype}")
+    check_same_device(x=x, weight=weight, bias=bias, residual=residual)
+    return out_shape, out_dtype
+
+
+def _linear_op(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+               residual: Optional[torch.Tensor], activation: Optional[str], out_dtype: Optional[torch.dtype],
+               allow_tf32: bool) -> torch.Tensor:
+    out_shape, out_dtype = _check_linear_args(x, weight, bias, residual, activation, out_dtype)
+    y = torch.empty(out_shape, dtype=out_dtype, device=x.device)
+    K, N = weight.shape[1], weight.shape[0]
+    _linear_launch(x.view(-1, K), weight, bias, None if residual is None else residual.view(-1, N),
+                   y.view(-1, N), activation, allow_tf32)
+    return y
+
+
+_linear_registered = register_op("linear", _linear_op)
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
+           residual: Optional[torch.Tensor] = None, activation: Optional[str] = None,
+           out_dtype: Optional[torch.dtype] = None, allow_tf32: bool = False,
+           out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``y = act(x @ weight.T + bias) + residual`` in one kernel, fp32 accumulation.
+
+    Args:
+        x: (..., K) float16/bfloat16/float32, contiguous, CUDA (CPU only under ``TRITON_INTERPRET=1``).
+            Leading dims flatten to M rows; M = 0 gives an empty result without a launch.
+        weight: (N, K), same dtype and device as x, contiguous (nn.Linear layout). N, K >= 1.
+        bias: optional (N,), any float dtype (added in fp32).
+        residual: optional (..., N) with x's leading dims, any float dtype, contiguous; added after the activation.
+        activation: None or ``"gelu"`` (exact erf GELU).
+        out_dtype: result dtype (default x.dtype).
+        allow_tf32: fp32 operands use TF32 tensor cores (faster, ~1e-3 relative error) instead of IEEE fp32.
+        out: optional preallocated result (..., N) of dtype ``out_dtype or x.dtype``, not sharing memory with any
+            input. Bypasses the registered op (eager only); used by tests to poison the output.
+
+    Returns:
+        y, shape (..., N). Registered as
+        ``torch.ops.ttf.linear(x, weight, bias, residual, activation, out_dtype, allow_tf32)``.
+
+    On CUDA the kernel autotunes on the first call for each (M, N, K): warm up before CUDA-graph capture.
+    """
+    if out is None:
+        return _linear_registered(x, weight, bias, residual, activation, out_dtype, bool(allow_tf32))
+    out_shape, out_dtype = _check_linear_args(x, weight, bias, residual, activation, out_dtype)
+    check_out(out, "out", out_shape, out_dtype, x.device,
+              {"x": x, "weight": weight, "bias": bias, "residual": residual})
+    K, N = weight.shape[1], weight.shape[0]
+    _linear_launch(x.view(-1, K), weight, bias, None if residual is None else residual.view(-1, N),
+                   out.view(-1, N), activation, bool(allow_tf32))
+    return out
+
+
+def linear_ref(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
+               residual: Optional[torch.Tensor] = None, activation: Optional[str] = None,
+               out_dtype: Optional[torch.dtype] = None, upcast: bool = False) -> torch.Tensor:
+    """Reference in plain PyTorch, op by op (each op rounds to the working dtype, as an unfused model would).
+
+    upcast=True computes everything in float64 and returns float64 (the oracle); otherwise it works in x.dtype
+    and casts the result to ``out_dtype``.
+    """
+    dt = torch.float64 if upcast else x.dtype
+    y = torch.nn.functional.linear(x.to(dt), weight.to(dt), None if bias is None else bias.to(dt))
+    if activation == "gelu":
+        y = torch.nn.functional.gelu(y)
+    elif activation is not None:
+        raise ValueError(f"activation must be one of {list(ACTIVATIONS)}, got {activation!r}")
+    if residual is not None:
+        y = y + residual.to(dt)
+    return y if upcast else y.to(out_dtype or x.dtype)
