@@ -14,17 +14,20 @@ child_j(t) = (2·ty + j // 2, 2·tx + j % 2). gelu is exact (erf). The 16/4/1 in
 registers only; the kernel never writes them.
 
 Kernel design. One program takes BLOCK_P patches (rows). The 2×2 regrouping needs no in-register reshape: the
-program loops over the 4 stage-3 children t (unrolled) and, inside, over the 4 stage-2 children j (unrolled),
+program loops over the 4 stage-3 children t (unrolled) and, inside, over the 4 stage-2 children j (a runtime loop),
 loading for every patch of the block the sub-patch child_j(t) as a (BLOCK_P, 16C) tile straight from the image
-(im2col by address arithmetic, any strides: NCHW or channels-last), so each stage is a plain tl.dot with M = BLOCK_P:
+(im2col by address arithmetic, any strides: NCHW or channels-last), so each stage is a plain tl.dot with M = BLOCK_P.
+The hidden width C4 is held as two power-of-two column tiles C4A + C4B (192 = 128 + 64, 96 = 64 + 32,
+256 = 128 + 128; `split_hidden`), so nothing is padded for ViT-S/B/L and each staged weight tile is at most
+C4A × C4A; every "dot" below is 2 (stage 1, stage 3) or 4 (stage 2) tl.dot over those parts:
 
-    16×  (BLOCK_P, K1P) @ (K1P, C4P)     stage 1   (K1P = 16C padded to a power of two: 48 -> 64)
-    16×  (BLOCK_P, C4P) @ (C4P, C4P)     stage 2   accumulated over j with weight slice W2[:, :, j]
-     4×  (BLOCK_P, C4P) @ (C4P, BLOCK_E) stage 3   per E chunk, accumulated over t with W3[:, :, t]
+    16×  (BLOCK_P, K1P) @ (K1P, C4)      stage 1   (K1P = 16C padded to a power of two: 48 -> 64)
+    16×  (BLOCK_P, C4)  @ (C4, C4)       stage 2   accumulated over j with the weight slice W2[:, :, j]
+     4×  (BLOCK_P, C4)  @ (C4, BLOCK_E)  stage 3   per E chunk, accumulated over t with W3[:, :, t]
 
-The four h2 tiles (BLOCK_P, C4P) stay in registers while stage 3 walks E in chunks of BLOCK_E. C4 is padded to a
-power of two C4P with zero weights (E = 768: 192 -> 256), so padded channels stay exactly 0 through every norm and
-GELU. The LN of stage 3 spans all E chunks: with one chunk it is done in registers; with several, pass 1 writes
+The four h2 tiles (BLOCK_P, C4) stay in registers while stage 3 walks E in chunks of BLOCK_E. Padded channels
+(tiny E only) have zero weights, biases and LN parameters, so they stay exactly 0 through every norm and GELU.
+The LN of stage 3 spans all E chunks: with one chunk it is done in registers; with several, pass 1 writes
 d = y − μ' into the output rows, where μ' = Σ_t h2[t]·mean_o(W3[o, :, t]) + mean(b3) is the exact (linear) channel
 mean known before any chunk, accumulating Σd and Σd² (no E[y²] − E[y]² cancellation: d is already centred), and
 pass 2 re-reads d (the program's own rows, hot in L2) and writes ((d − mean d)·rstd)·g + b (+ pos).
@@ -38,7 +41,7 @@ block per sample; output (B, [1+]N, E).
 Cost per patch: MACs = 16·16C·C4 + 4·4·C4·C4 + 4·C4·E = 192E + E² + E² (C = 3);   FLOPs = 2·MACs.
     E = 768 (ViT-B): 1.327 MMAC per patch (linear stem: 16·16·3·768 = 0.590 MMAC); ×196 patches = 0.260 GMAC per
     224-px image (+0.145 GMAC over the linear stem: ViT-B 17.58 -> 17.73 GMACs).
-    Executed with padding (K1P = 64, C4P = 256): 16·64·256 + 16·256² + 4·256·768 = 2.10 MMAC per patch (1.58×).
+    Executed (K1P = 64 pads stage 1 only): 16·64·192 + 16·192² + 4·192·768 = 1.38 MMAC per patch (+4 %).
 Bytes: image B·C·H·W·s_img in + tokens B·N·E·s_out out (+ pos N·E once, L2-resident) (+ 2·B·N·E·s_out of L2
 traffic for LN with several E chunks). ViT-B, batch 256, 224 px, fp32 image, bf16 tokens: 154 MB + 77 MB;
 133 GFLOP -> ~580 FLOP/B: compute bound on H100 (see bench/notes/hmlp_stem.md).
@@ -55,9 +58,20 @@ import triton.language as tl
 from ._common import (FLOAT_DTYPES, check_out, check_same_device, check_tensor, device_guard, interpreter_active,
                       next_power_of_2, register_op, skip_launch, wrap_triton)
 
-__all__ = ["HMLPStemWeights", "prepare_hmlp_stem", "hmlp_stem", "hmlp_stem_ref", "resolve_masking"]
+__all__ = ["HMLPStemWeights", "prepare_hmlp_stem", "hmlp_stem", "hmlp_stem_ref", "resolve_masking", "split_hidden"]
 
 PATCH = 16  # hMLP patch: 4 (stage 1) × 2 (stage 2) × 2 (stage 3)
+
+
+def split_hidden(c4: int) -> tuple[int, int]:
+    """Hidden width C4 = E/4 as two power-of-two tile widths (C4A, C4B), each >= 16 (the smallest tl.dot tile):
+    C4A the largest power of two below C4, C4B the next power of two of the rest. 192 -> (128, 64), 96 -> (64, 32),
+    256 -> (128, 128): no padding for ViT-S/B/L, against 33 % wasted MACs with one 192 -> 256 padded tile (and
+    half the shared memory per staged weight tile). Tiny widths pad: 8 -> (16, 16)."""
+    if c4 <= 16:
+        return 16, 16
+    a = 1 << ((c4 - 1).bit_length() - 1)
+    return a, max(16, next_power_of_2(c4 - a))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -76,6 +90,16 @@ def _ln_rows(y, w, b, col_ok, n, eps):
     var = tl.sum(d * d, 1) / n
     rstd = 1.0 / tl.sqrt(var + eps)
     return d * rstd[:, None] * w[None, :] + b[None, :]
+
+
+@triton.jit
+def _ln_pair(ya, yb, wa, ba, wb, bb, ok_a, ok_b, n, eps):
+    """LayerNorm over the valid columns of a row split in two tiles ya (R, CA), yb (R, CB), fp32."""
+    mean = (tl.sum(tl.where(ok_a[None, :], ya, 0.0), 1) + tl.sum(tl.where(ok_b[None, :], yb, 0.0), 1)) / n
+    da = tl.where(ok_a[None, :], ya - mean[:, None], 0.0)
+    db = tl.where(ok_b[None, :], yb - mean[:, None], 0.0)
+    rstd = 1.0 / tl.sqrt((tl.sum(da * da, 1) + tl.sum(db * db, 1)) / n + eps)
+    return (da * rstd[:, None] * wa[None, :] + ba[None, :]), (db * rstd[:, None] * wb[None, :] + bb[None, :])
 
 
 @triton.jit
@@ -101,46 +125,80 @@ def _patch_rows(pid, R, S, N, idx_ptr, s_xb, s_xs, mask_ptr, s_mb, s_mn,
 
 
 @triton.jit
-def _hmlp_stage12(img_ptr, img_rows, pix, k_ok, vis, w1, b1, w2_ptr, b2, ln1_w, ln1_b, ln2_w, ln2_b, c_ok, eps,
+def _hmlp_stage12(img_ptr, img_rows, pix, k_ok, vis, w1a, w1b, b1a, b1b, w2_ptr, b2_ptr, lnw_ptr, lnb_ptr, eps,
                   s_ih, s_iw,
-                  T: tl.constexpr, C4: tl.constexpr, C4P: tl.constexpr, IS_LN: tl.constexpr,
+                  T: tl.constexpr, C4: tl.constexpr, C4A: tl.constexpr, C4B: tl.constexpr, IS_LN: tl.constexpr,
                   DOT_PREC: tl.constexpr, BLOCK_P: tl.constexpr):
-    """h2[t] for stage-2 node T of every patch in the block: (BLOCK_P, C4P) in the compute dtype."""
-    DT = w1.dtype
-    ci = tl.arange(0, C4P)
-    acc2 = tl.zeros((BLOCK_P, C4P), dtype=tl.float32)
+    """h2[T] of every patch in the block, as its two channel parts (BLOCK_P, C4A), (BLOCK_P, C4B), compute dtype."""
+    DT = w1a.dtype
+    C4T = C4A + C4B
+    ca = tl.arange(0, C4A)
+    cb = C4A + tl.arange(0, C4B)
+    ok_a = ca < C4
+    ok_b = cb < C4
+    if IS_LN:
+        l1wa = tl.load(lnw_ptr + ca)
+        l1wb = tl.load(lnw_ptr + cb)
+        l1ba = tl.load(lnb_ptr + ca)
+        l1bb = tl.load(lnb_ptr + cb)
+    acc_a = tl.zeros((BLOCK_P, C4A), dtype=tl.float32)
+    acc_b = tl.zeros((BLOCK_P, C4B), dtype=tl.float32)
     # a runtime loop: unrolling it (static_range) quadruples the code and the compile time (~1 min per config)
     for j in range(4):
         sy = 2 * (T // 2) + j // 2
         sx = 2 * (T % 2) + j % 2
         x = tl.load(img_ptr + img_rows[:, None] + (4 * sy) * s_ih + (4 * sx) * s_iw + pix[None, :],
-                    mask=vis[:, None] & k_ok[None, :], other=0.0)
-        h1 = tl.dot(x.to(DT), w1, input_precision=DOT_PREC) + b1[None, :]
+                    mask=vis[:, None] & k_ok[None, :], other=0.0).to(DT)
+        ha = tl.dot(x, w1a, input_precision=DOT_PREC) + b1a[None, :]
+        hb = tl.dot(x, w1b, input_precision=DOT_PREC) + b1b[None, :]
         if IS_LN:
-            h1 = _ln_rows(h1, ln1_w, ln1_b, c_ok, C4, eps)
-        h1 = _gelu(h1).to(DT)
-        w2 = tl.load(w2_ptr + j * C4P * C4P + ci[:, None] * C4P + ci[None, :])
-        acc2 = tl.dot(h1, w2, acc2, input_precision=DOT_PREC)
-    h2 = acc2 + b2[None, :]
+            ha, hb = _ln_pair(ha, hb, l1wa, l1ba, l1wb, l1bb, ok_a, ok_b, C4, eps)
+        ha = _gelu(ha).to(DT)
+        hb = _gelu(hb).to(DT)
+        w2 = w2_ptr + j * C4T * C4T
+        acc_a = tl.dot(ha, tl.load(w2 + ca[:, None] * C4T + ca[None, :]), acc_a, input_precision=DOT_PREC)
+        acc_a = tl.dot(hb, tl.load(w2 + cb[:, None] * C4T + ca[None, :]), acc_a, input_precision=DOT_PREC)
+        acc_b = tl.dot(ha, tl.load(w2 + ca[:, None] * C4T + cb[None, :]), acc_b, input_precision=DOT_PREC)
+        acc_b = tl.dot(hb, tl.load(w2 + cb[:, None] * C4T + cb[None, :]), acc_b, input_precision=DOT_PREC)
+    acc_a += tl.load(b2_ptr + ca)[None, :]
+    acc_b += tl.load(b2_ptr + cb)[None, :]
     if IS_LN:
-        h2 = _ln_rows(h2, ln2_w, ln2_b, c_ok, C4, eps)
-    return _gelu(h2).to(DT)
+        acc_a, acc_b = _ln_pair(acc_a, acc_b, tl.load(lnw_ptr + C4T + ca), tl.load(lnb_ptr + C4T + ca),
+                                tl.load(lnw_ptr + C4T + cb), tl.load(lnb_ptr + C4T + cb), ok_a, ok_b, C4, eps)
+    return _gelu(acc_a).to(DT), _gelu(acc_b).to(DT)
 
 
 @triton.jit
-def _hmlp_stage3(h0, h1, h2, h3, w3_ptr, e0,
-                 E: tl.constexpr, C4P: tl.constexpr, DOT_PREC: tl.constexpr, BLOCK_E: tl.constexpr):
+def _w3_dot(h, w3_ptr, rows, offs_e, e_ok, acc, E: tl.constexpr, DOT_PREC: tl.constexpr):
+    w = tl.load(w3_ptr + rows[:, None] * E + offs_e[None, :], mask=e_ok[None, :], other=0.0)
+    return tl.dot(h, w, acc, input_precision=DOT_PREC)
+
+
+@triton.jit
+def _hmlp_stage3(h0a, h0b, h1a, h1b, h2a, h2b, h3a, h3b, w3_ptr, e0,
+                 E: tl.constexpr, C4A: tl.constexpr, C4B: tl.constexpr, DOT_PREC: tl.constexpr,
+                 BLOCK_P: tl.constexpr, BLOCK_E: tl.constexpr):
     """Σ_t h2[t] @ W3[t][:, e0:e0+BLOCK_E] -> (BLOCK_P, BLOCK_E) fp32, plus the chunk's columns and their mask."""
+    C4T = C4A + C4B
     offs_e = e0 + tl.arange(0, BLOCK_E)
     e_ok = offs_e < E
-    ci = tl.arange(0, C4P)
-    ptrs = w3_ptr + ci[:, None] * E + offs_e[None, :]
-    m = e_ok[None, :]
-    acc = tl.dot(h0, tl.load(ptrs, mask=m, other=0.0), input_precision=DOT_PREC)
-    acc = tl.dot(h1, tl.load(ptrs + C4P * E, mask=m, other=0.0), acc, input_precision=DOT_PREC)
-    acc = tl.dot(h2, tl.load(ptrs + 2 * C4P * E, mask=m, other=0.0), acc, input_precision=DOT_PREC)
-    acc = tl.dot(h3, tl.load(ptrs + 3 * C4P * E, mask=m, other=0.0), acc, input_precision=DOT_PREC)
+    ca = tl.arange(0, C4A)
+    cb = C4A + tl.arange(0, C4B)
+    acc = tl.zeros((BLOCK_P, BLOCK_E), dtype=tl.float32)
+    acc = _w3_dot(h0a, w3_ptr, ca, offs_e, e_ok, acc, E, DOT_PREC)
+    acc = _w3_dot(h0b, w3_ptr, cb, offs_e, e_ok, acc, E, DOT_PREC)
+    acc = _w3_dot(h1a, w3_ptr + C4T * E, ca, offs_e, e_ok, acc, E, DOT_PREC)
+    acc = _w3_dot(h1b, w3_ptr + C4T * E, cb, offs_e, e_ok, acc, E, DOT_PREC)
+    acc = _w3_dot(h2a, w3_ptr + 2 * C4T * E, ca, offs_e, e_ok, acc, E, DOT_PREC)
+    acc = _w3_dot(h2b, w3_ptr + 2 * C4T * E, cb, offs_e, e_ok, acc, E, DOT_PREC)
+    acc = _w3_dot(h3a, w3_ptr + 3 * C4T * E, ca, offs_e, e_ok, acc, E, DOT_PREC)
+    acc = _w3_dot(h3b, w3_ptr + 3 * C4T * E, cb, offs_e, e_ok, acc, E, DOT_PREC)
     return acc, offs_e, e_ok
+
+
+@triton.jit
+def _row_mean_w3(mu, h, w3m_ptr, cols):
+    return mu + tl.sum(h.to(tl.float32) * tl.load(w3m_ptr + cols)[None, :], 1)
 
 
 @triton.jit
@@ -170,17 +228,17 @@ def _write_extra_rows(out_ptr, out_rows, b, v, n, row_ok, vis, cls_ptr, mtok_ptr
 def _hmlp_stem_kernel(
     # pointers
     img_ptr,    # (B, C, H, W) images, any strides, any float dtype
-    w1_ptr,     # (K1P, C4P) stage 1, row k = c·16 + ky·4 + kx; zero rows k >= 16C, zero cols >= C4
-    b1_ptr,     # (C4P,) fp32
-    w2_ptr,     # (4, C4P, C4P) stage 2, [j = ky·2 + kx, in, out]
-    b2_ptr,     # (C4P,) fp32
-    w3_ptr,     # (4, C4P, E) stage 3, [t = ky·2 + kx, in, out]
+    w1_ptr,     # (K1P, C4T) stage 1, row k = c·16 + ky·4 + kx; zero rows k >= 16C, zero cols >= C4
+    b1_ptr,     # (C4T,) fp32
+    w2_ptr,     # (4, C4T, C4T) stage 2, [j = ky·2 + kx, in, out]
+    b2_ptr,     # (C4T,) fp32
+    w3_ptr,     # (4, C4T, E) stage 3, [t = ky·2 + kx, in, out]
     b3_ptr,     # (E,) fp32
-    lnw_ptr,    # (2, C4P) fp32 LN gains of stages 1, 2 (IS_LN)
-    lnb_ptr,    # (2, C4P) fp32 LN biases of stages 1, 2 (IS_LN)
+    lnw_ptr,    # (2, C4T) fp32 LN gains of stages 1, 2 (IS_LN)
+    lnb_ptr,    # (2, C4T) fp32 LN biases of stages 1, 2 (IS_LN)
     ln3w_ptr,   # (E,) fp32 (IS_LN)
     ln3b_ptr,   # (E,) fp32 (IS_LN)
-    w3m_ptr,    # (4, C4P) fp32 mean over outputs of the (rounded) W3 (IS_LN, E > BLOCK_E)
+    w3m_ptr,    # (4, C4T) fp32 mean over outputs of the (rounded) W3 (IS_LN, E > BLOCK_E)
     pos_ptr,    # (N, E) position embedding (HAS_POS)
     cls_ptr,    # (E,) class-token row (HAS_CLS)
     mtok_ptr,   # (E,) mask token (BEIT)
@@ -196,7 +254,8 @@ def _hmlp_stem_kernel(
     s_pn, s_pe,
     s_ob, s_on,
     # meta-parameters
-    C_IN: tl.constexpr, E: tl.constexpr, C4: tl.constexpr, C4P: tl.constexpr, K1P: tl.constexpr,
+    C_IN: tl.constexpr, E: tl.constexpr, C4: tl.constexpr, C4A: tl.constexpr, C4B: tl.constexpr,
+    K1P: tl.constexpr,
     IS_LN: tl.constexpr, HAS_POS: tl.constexpr, HAS_CLS: tl.constexpr, HAS_IDX: tl.constexpr, BEIT: tl.constexpr,
     DOT_PREC: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_E: tl.constexpr,
@@ -215,47 +274,44 @@ def _hmlp_stem_kernel(
 
     n_vis = tl.sum(vis.to(tl.int32), 0)
     if n_vis > 0:  # BEiT: a block of masked rows only skips every GEMM
+        C4T = C4A + C4B
         py = n // WP
         px = n % WP
         img_rows = b * s_ib + (py * 16).to(tl.int64) * s_ih + (px * 16).to(tl.int64) * s_iw  # 16 = PATCH
         kk = tl.arange(0, K1P)
         k_ok = kk < 16 * C_IN
         pix = (kk // 16) * s_ic + ((kk // 4) % 4) * s_ih + (kk % 4) * s_iw
-        ci = tl.arange(0, C4P)
-        c_ok = ci < C4
-        w1 = tl.load(w1_ptr + kk[:, None] * C4P + ci[None, :])
-        b1 = tl.load(b1_ptr + ci)
-        b2 = tl.load(b2_ptr + ci)
-        if IS_LN:
-            ln1_w = tl.load(lnw_ptr + ci)
-            ln1_b = tl.load(lnb_ptr + ci)
-            ln2_w = tl.load(lnw_ptr + C4P + ci)
-            ln2_b = tl.load(lnb_ptr + C4P + ci)
-        else:
-            ln1_w = b1
-            ln1_b = b1
-            ln2_w = b1
-            ln2_b = b1
-        h0 = _hmlp_stage12(img_ptr, img_rows, pix, k_ok, vis, w1, b1, w2_ptr, b2, ln1_w, ln1_b, ln2_w, ln2_b,
-                           c_ok, eps, s_ih, s_iw, 0, C4, C4P, IS_LN, DOT_PREC, BLOCK_P)
-        h1 = _hmlp_stage12(img_ptr, img_rows, pix, k_ok, vis, w1, b1, w2_ptr, b2, ln1_w, ln1_b, ln2_w, ln2_b,
-                           c_ok, eps, s_ih, s_iw, 1, C4, C4P, IS_LN, DOT_PREC, BLOCK_P)
-        h2 = _hmlp_stage12(img_ptr, img_rows, pix, k_ok, vis, w1, b1, w2_ptr, b2, ln1_w, ln1_b, ln2_w, ln2_b,
-                           c_ok, eps, s_ih, s_iw, 2, C4, C4P, IS_LN, DOT_PREC, BLOCK_P)
-        h3 = _hmlp_stage12(img_ptr, img_rows, pix, k_ok, vis, w1, b1, w2_ptr, b2, ln1_w, ln1_b, ln2_w, ln2_b,
-                           c_ok, eps, s_ih, s_iw, 3, C4, C4P, IS_LN, DOT_PREC, BLOCK_P)
+        ca = tl.arange(0, C4A)
+        cb = C4A + tl.arange(0, C4B)
+        w1a = tl.load(w1_ptr + kk[:, None] * C4T + ca[None, :])
+        w1b = tl.load(w1_ptr + kk[:, None] * C4T + cb[None, :])
+        b1a = tl.load(b1_ptr + ca)
+        b1b = tl.load(b1_ptr + cb)
+        h0a, h0b = _hmlp_stage12(img_ptr, img_rows, pix, k_ok, vis, w1a, w1b, b1a, b1b, w2_ptr, b2_ptr, lnw_ptr,
+                                 lnb_ptr, eps, s_ih, s_iw, 0, C4, C4A, C4B, IS_LN, DOT_PREC, BLOCK_P)
+        h1a, h1b = _hmlp_stage12(img_ptr, img_rows, pix, k_ok, vis, w1a, w1b, b1a, b1b, w2_ptr, b2_ptr, lnw_ptr,
+                                 lnb_ptr, eps, s_ih, s_iw, 1, C4, C4A, C4B, IS_LN, DOT_PREC, BLOCK_P)
+        h2a, h2b = _hmlp_stage12(img_ptr, img_rows, pix, k_ok, vis, w1a, w1b, b1a, b1b, w2_ptr, b2_ptr, lnw_ptr,
+                                 lnb_ptr, eps, s_ih, s_iw, 2, C4, C4A, C4B, IS_LN, DOT_PREC, BLOCK_P)
+        h3a, h3b = _hmlp_stage12(img_ptr, img_rows, pix, k_ok, vis, w1a, w1b, b1a, b1b, w2_ptr, b2_ptr, lnw_ptr,
+                                 lnb_ptr, eps, s_ih, s_iw, 3, C4, C4A, C4B, IS_LN, DOT_PREC, BLOCK_P)
 
         if IS_LN and E > BLOCK_E:
             # Several E chunks: two passes through the output rows (see the module docstring).
             mu = tl.zeros((BLOCK_P,), dtype=tl.float32) + b3_mean
-            mu += tl.sum(h0.to(tl.float32) * tl.load(w3m_ptr + ci)[None, :], 1)
-            mu += tl.sum(h1.to(tl.float32) * tl.load(w3m_ptr + C4P + ci)[None, :], 1)
-            mu += tl.sum(h2.to(tl.float32) * tl.load(w3m_ptr + 2 * C4P + ci)[None, :], 1)
-            mu += tl.sum(h3.to(tl.float32) * tl.load(w3m_ptr + 3 * C4P + ci)[None, :], 1)
+            mu = _row_mean_w3(mu, h0a, w3m_ptr, ca)
+            mu = _row_mean_w3(mu, h0b, w3m_ptr, cb)
+            mu = _row_mean_w3(mu, h1a, w3m_ptr + C4T, ca)
+            mu = _row_mean_w3(mu, h1b, w3m_ptr + C4T, cb)
+            mu = _row_mean_w3(mu, h2a, w3m_ptr + 2 * C4T, ca)
+            mu = _row_mean_w3(mu, h2b, w3m_ptr + 2 * C4T, cb)
+            mu = _row_mean_w3(mu, h3a, w3m_ptr + 3 * C4T, ca)
+            mu = _row_mean_w3(mu, h3b, w3m_ptr + 3 * C4T, cb)
             s1 = tl.zeros((BLOCK_P,), dtype=tl.float32)
             s2 = tl.zeros((BLOCK_P,), dtype=tl.float32)
             for e0 in range(0, E, BLOCK_E):
-                acc, offs_e, e_ok = _hmlp_stage3(h0, h1, h2, h3, w3_ptr, e0, E, C4P, DOT_PREC, BLOCK_E)
+                acc, offs_e, e_ok = _hmlp_stage3(h0a, h0b, h1a, h1b, h2a, h2b, h3a, h3b, w3_ptr, e0,
+                                                 E, C4A, C4B, DOT_PREC, BLOCK_P, BLOCK_E)
                 y = acc + tl.load(b3_ptr + offs_e, mask=e_ok, other=0.0)[None, :]
                 d = tl.where(e_ok[None, :], y - mu[:, None], 0.0)
                 s1 += tl.sum(d, 1)
@@ -278,7 +334,8 @@ def _hmlp_stem_kernel(
                 tl.store(out_rows[:, None] + offs_e[None, :], y.to(OUT_DT), mask=m)
         else:
             for e0 in range(0, E, BLOCK_E):
-                acc, offs_e, e_ok = _hmlp_stage3(h0, h1, h2, h3, w3_ptr, e0, E, C4P, DOT_PREC, BLOCK_E)
+                acc, offs_e, e_ok = _hmlp_stage3(h0a, h0b, h1a, h1b, h2a, h2b, h3a, h3b, w3_ptr, e0,
+                                                 E, C4A, C4B, DOT_PREC, BLOCK_P, BLOCK_E)
                 y = acc + tl.load(b3_ptr + offs_e, mask=e_ok, other=0.0)[None, :]
                 if IS_LN:  # E <= BLOCK_E: the whole row is in registers
                     g = tl.load(ln3w_ptr + offs_e, mask=e_ok, other=0.0)
@@ -299,22 +356,23 @@ def _hmlp_stem_kernel(
 # ---------------------------------------------------------------------------------------------------------------
 # Configurations
 # ---------------------------------------------------------------------------------------------------------------
-# Unmeasured starting points (no GPU in the session that wrote this): BLOCK_P is the M of every tl.dot (>= 16); the
-# four h2 tiles cost 4·BLOCK_P·C4P·2 B of registers (E = 768: 64 KB at BLOCK_P = 32), so large BLOCK_P needs 8 warps.
-# BLOCK_E bounds the stage-3 accumulator and the W3 slice staged per dot (C4P·BLOCK_E·2 B = 64 KB at 256 × 128).
+# Unmeasured starting points (no GPU in the session that wrote this). Checked only by compiling for sm_90 on a CPU
+# host: no register spills; shared memory for E = 768 is 80 KB (BLOCK_P 16) .. 135 KB (64), for E = 1024 up to
+# 168 KB. BLOCK_P is the M of every tl.dot: 64 lets Triton use Hopper wgmma, 16/32 get mma.sync. The four h2 tiles
+# cost 4·BLOCK_P·C4·2 B of registers (E = 768: 96 KB at BLOCK_P = 64, spread over 8 warps). BLOCK_E bounds the
+# stage-3 accumulator and the W3 slice staged per dot. The kernel is large: each config compiles in ~10-50 s, so
+# the lists are short and picked by row count (like linear.py) instead of one long list.
 def _config(bp, be, warps, stages=1):
     return triton.Config({"BLOCK_P": bp, "BLOCK_E": be}, num_warps=warps, num_stages=stages)
 
 
-_CONFIGS = [
-    _config(16, 128, 4),
-    _config(32, 64, 4),
-    _config(32, 128, 4),
-    _config(32, 128, 8),
-    _config(64, 64, 8),
-    _config(64, 128, 8),
-]
-_hmlp_stem_kernel_tuned = triton.autotune(configs=_CONFIGS, key=["R", "E", "C4P", "IS_LN"])(_hmlp_stem_kernel)
+_CONFIGS_LARGE = [_config(64, 128, 8), _config(64, 64, 8), _config(64, 128, 4)]
+_CONFIGS_SMALL = [_config(16, 128, 4), _config(32, 128, 4)]
+#: Row counts (patches computed) at or below this use the small-tile list: ~10 images at 224 px.
+SMALL_R = 2048
+_KEY = ["R", "E", "C4", "IS_LN", "BEIT"]
+_hmlp_stem_kernel_large = triton.autotune(configs=_CONFIGS_LARGE, key=_KEY)(_hmlp_stem_kernel)
+_hmlp_stem_kernel_small = triton.autotune(configs=_CONFIGS_SMALL, key=_KEY)(_hmlp_stem_kernel)
 
 #: The single config used under the interpreter (autotuning there would re-run the interpreted kernel per config).
 #: Tests lower BLOCK_E to exercise the several-chunk paths at tiny E.
@@ -332,17 +390,17 @@ class HMLPStemWeights:
     in_chans: int
     embed_dim: int
     hidden: int                # C4 = E/4
-    w1: torch.Tensor           # (K1P, C4P) compute dtype
-    b1: torch.Tensor           # (C4P,) fp32
-    w2: torch.Tensor           # (4, C4P, C4P) compute dtype
-    b2: torch.Tensor           # (C4P,) fp32
-    w3: torch.Tensor           # (4, C4P, E) compute dtype
+    w1: torch.Tensor           # (K1P, C4T) compute dtype; C4T = C4A + C4B = sum(split_hidden(C4))
+    b1: torch.Tensor           # (C4T,) fp32
+    w2: torch.Tensor           # (4, C4T, C4T) compute dtype
+    b2: torch.Tensor           # (C4T,) fp32
+    w3: torch.Tensor           # (4, C4T, E) compute dtype
     b3: torch.Tensor           # (E,) fp32
-    ln_w: Optional[torch.Tensor] = None    # (2, C4P) fp32, LN only
+    ln_w: Optional[torch.Tensor] = None    # (2, C4T) fp32, LN only
     ln_b: Optional[torch.Tensor] = None
     ln3_w: Optional[torch.Tensor] = None   # (E,) fp32
     ln3_b: Optional[torch.Tensor] = None
-    w3_mean: Optional[torch.Tensor] = None  # (4, C4P) fp32
+    w3_mean: Optional[torch.Tensor] = None  # (4, C4T) fp32
     b3_mean: float = 0.0
     eps: float = 1e-6
 
@@ -359,8 +417,9 @@ def prepare_hmlp_stem(folded: dict, dtype: torch.dtype = torch.bfloat16,
                       device: torch.device | str | None = None) -> HMLPStemWeights:
     """Pack `threethings_fast.folding.fold_stem(stem)` of an hMLP stem (kind "hmlp_bn" or "hmlp_ln") for the kernel.
 
-    Weights go to `dtype` (the kernel's compute and output dtype), biases and LN parameters stay fp32; C4 = E/4 and
-    16·in_chans are zero-padded to powers of two (>= 16, the smallest tl.dot tile). Run once at load time.
+    Weights go to `dtype` (the kernel's compute and output dtype), biases and LN parameters stay fp32. The hidden
+    width C4 = E/4 is stored as two power-of-two parts C4A + C4B (`split_hidden`; exact for E = 384, 768, 1024)
+    and 16·in_chans is zero-padded to a power of two (>= 16, the smallest tl.dot tile). Run once at load time.
     """
     kind = folded.get("kind")
     if kind not in ("hmlp_bn", "hmlp_ln"):
@@ -375,7 +434,8 @@ def prepare_hmlp_stem(folded: dict, dtype: torch.dtype = torch.bfloat16,
         raise ValueError(f"unexpected hMLP conv shapes w1 {tuple(w1.shape)}, w2 {tuple(w2.shape)}, "
                          f"w3 {tuple(w3.shape)}")
     device = torch.device(device) if device is not None else w1.device
-    c4p = max(16, next_power_of_2(c4))
+    c4a, c4b = split_hidden(c4)
+    c4t = c4a + c4b
     k1p = max(16, next_power_of_2(16 * c_in))
 
     def pad(t, shape):
@@ -383,24 +443,24 @@ def prepare_hmlp_stem(folded: dict, dtype: torch.dtype = torch.bfloat16,
         z[tuple(slice(0, s) for s in t.shape)] = t
         return z
 
-    p_w1 = pad(w1.reshape(c4, 16 * c_in).t(), (k1p, c4p))                      # [(c, ky, kx), out]
-    p_w2 = pad(w2.permute(2, 3, 1, 0).reshape(4, c4, c4), (4, c4p, c4p))         # [j, in, out]
-    p_w3 = pad(w3.permute(2, 3, 1, 0).reshape(4, c4, e), (4, c4p, e))            # [t, in, out]
+    p_w1 = pad(w1.reshape(c4, 16 * c_in).t(), (k1p, c4t))                      # [(c, ky, kx), out]
+    p_w2 = pad(w2.permute(2, 3, 1, 0).reshape(4, c4, c4), (4, c4t, c4t))         # [j, in, out]
+    p_w3 = pad(w3.permute(2, 3, 1, 0).reshape(4, c4, e), (4, c4t, e))            # [t, in, out]
     w3_lp = p_w3.to(dtype)
     fp32 = dict(dtype=torch.float32, device=device)
     out = dict(
         norm=kind.split("_")[1], in_chans=c_in, embed_dim=e, hidden=c4,
         w1=p_w1.to(device=device, dtype=dtype).contiguous(),
-        b1=pad(folded["b1"].to(f64), (c4p,)).to(**fp32),
+        b1=pad(folded["b1"].to(f64), (c4t,)).to(**fp32),
         w2=p_w2.to(device=device, dtype=dtype).contiguous(),
-        b2=pad(folded["b2"].to(f64), (c4p,)).to(**fp32),
+        b2=pad(folded["b2"].to(f64), (c4t,)).to(**fp32),
         w3=w3_lp.to(device=device).contiguous(),
         b3=folded["b3"].to(f64).to(**fp32).contiguous(),
     )
     if kind == "hmlp_ln":
         out.update(
-            ln_w=torch.stack([pad(folded["ln1_w"].to(f64), (c4p,)), pad(folded["ln2_w"].to(f64), (c4p,))]).to(**fp32),
-            ln_b=torch.stack([pad(folded["ln1_b"].to(f64), (c4p,)), pad(folded["ln2_b"].to(f64), (c4p,))]).to(**fp32),
+            ln_w=torch.stack([pad(folded[f"ln{i}_w"].to(f64), (c4t,)) for i in (1, 2)]).to(**fp32),
+            ln_b=torch.stack([pad(folded[f"ln{i}_b"].to(f64), (c4t,)) for i in (1, 2)]).to(**fp32),
             ln3_w=folded["ln3_w"].to(f64).to(**fp32).contiguous(),
             ln3_b=folded["ln3_b"].to(f64).to(**fp32).contiguous(),
             # channel mean of stage 3 as a linear map of h2, from the weights the kernel actually multiplies
@@ -536,6 +596,7 @@ def _hmlp_stem_launch(images, w1, b1, w2, b2, w3, b3, ln_w, ln_b, ln3_w, ln3_b, 
             out[:, 0, :] = cls.to(out.dtype)
         return
     is_ln = ln_w is not None
+    c4a, c4b = split_hidden(hidden)
     dummy = b1
     precision = "ieee"  # fp32 compute must match an fp32 reference; 16-bit operands ignore it
 
@@ -544,8 +605,10 @@ def _hmlp_stem_launch(images, w1, b1, w2, b2, w3, b3, ln_w, ln_b, ln3_w, ln3_b, 
 
     if interpreter_active():
         kernel, meta = _hmlp_stem_kernel, dict(_INTERPRETER_META)
+    elif R <= SMALL_R:
+        kernel, meta = _hmlp_stem_kernel_small, {}
     else:
-        kernel, meta = _hmlp_stem_kernel_tuned, {}
+        kernel, meta = _hmlp_stem_kernel_large, {}
     with device_guard(images):
         wrap_triton(kernel)[grid](
             images, w1, b1, w2, b2, w3, b3,
@@ -560,7 +623,7 @@ def _hmlp_stem_launch(images, w1, b1, w2, b2, w3, b3, ln_w, ln_b, ln3_w, ln3_b, 
             mask_u8.stride(0) if mask_u8 is not None else 0, mask_u8.stride(1) if mask_u8 is not None else 0,
             pos.stride(0) if pos is not None else 0, pos.stride(1) if pos is not None else 0,
             out.stride(0), out.stride(1),
-            C_IN=C, E=E, C4=hidden, C4P=w1.shape[1], K1P=w1.shape[0],
+            C_IN=C, E=E, C4=hidden, C4A=c4a, C4B=c4b, K1P=w1.shape[0],
             IS_LN=is_ln, HAS_POS=pos is not None, HAS_CLS=cls is not None, HAS_IDX=idx is not None,
             BEIT=mask is not None, DOT_PREC=precision,
             **meta,
@@ -569,20 +632,20 @@ def _hmlp_stem_launch(images, w1, b1, w2, b2, w3, b3, ln_w, ln_b, ln3_w, ln3_b, 
 
 def _check_weights(w1, b1, w2, b2, w3, b3, ln_w, ln_b, ln3_w, ln3_b, w3_mean, hidden):
     check_tensor(w1, "w1", ndim=2)
-    k1p, c4p = w1.shape
+    k1p, c4t = w1.shape
     E = w3.shape[-1] if isinstance(w3, torch.Tensor) and w3.dim() == 3 else -1
-    check_tensor(w2, "w2", ndim=3, shape=(4, c4p, c4p), dtype=w1.dtype)
-    check_tensor(w3, "w3", ndim=3, shape=(4, c4p, None), dtype=w1.dtype)
-    for t, name, shape in ((b1, "b1", (c4p,)), (b2, "b2", (c4p,)), (b3, "b3", (E,))):
+    check_tensor(w2, "w2", ndim=3, shape=(4, c4t, c4t), dtype=w1.dtype)
+    check_tensor(w3, "w3", ndim=3, shape=(4, c4t, None), dtype=w1.dtype)
+    for t, name, shape in ((b1, "b1", (c4t,)), (b2, "b2", (c4t,)), (b3, "b3", (E,))):
         check_tensor(t, name, ndim=1, shape=shape, dtype=torch.float32)
     if ln_w is not None:
-        for t, name, shape in ((ln_w, "ln_w", (2, c4p)), (ln_b, "ln_b", (2, c4p)), (ln3_w, "ln3_w", (E,)),
-                               (ln3_b, "ln3_b", (E,)), (w3_mean, "w3_mean", (4, c4p))):
+        for t, name, shape in ((ln_w, "ln_w", (2, c4t)), (ln_b, "ln_b", (2, c4t)), (ln3_w, "ln3_w", (E,)),
+                               (ln3_b, "ln3_b", (E,)), (w3_mean, "w3_mean", (4, c4t))):
             if t is None:
                 raise ValueError(f"LN stem: {name} is missing")
             check_tensor(t, name, ndim=len(shape), shape=shape, dtype=torch.float32)
-    if not (0 < hidden <= c4p):
-        raise ValueError(f"hidden ({hidden}) must be in (0, {c4p}]")
+    if hidden <= 0 or sum(split_hidden(hidden)) != c4t:
+        raise ValueError(f"hidden ({hidden}) does not match the packed width {c4t} (see split_hidden)")
     return E, k1p // 16
 
 
