@@ -1,0 +1,138 @@
+"""The profiler's outputs on tiny models (CPU, a few seconds): JSON schema, markdown, PNGs, the Chrome trace.
+Not the speed."""
+import json
+import os
+
+import pytest
+
+from threethings_fast.profile import SCHEMA_VERSION, main, validate
+from threethings_fast.profile.report import PAPER_TABLE4
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+ARGS = ["--models", "tiny_2x2", "tiny_4x1", "--batches", "1", "2", "--reps", "2", "--warmup", "1", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("profile")
+    assert main(ARGS + ["--out", str(out), "--trace", "tiny_2x2:fused[torch]:2"]) == 0
+    with open(out / "profile.json") as f:
+        return out, json.load(f)
+
+
+def test_json_matches_schema(run):
+    _, result = run
+    assert validate(result) == []
+    assert result["schema"] == SCHEMA_VERSION
+    assert result["device"]["type"] == "cpu" and result["dtype"] == "float32"
+    assert isinstance(result["versions"]["torch"], str)
+    assert result["settings"]["batches"] == [1, 2] and result["settings"]["models"] == ["tiny_2x2", "tiny_4x1"]
+    assert result["peak"]["matmul"]["tflops"] > 0 and result["peak"]["copy"]["gbps"] > 0
+    assert result["errors"] == []
+
+
+def test_every_config_timed(run):
+    _, result = run
+    got = {(r["model"], r["provider"], r["batch"]) for r in result["results"]}
+    want = {(m, p, b) for b in (1, 2) for m, p in [("tiny_2x2", "reference"), ("tiny_2x2", "branch_by_branch"),
+                                                   ("tiny_2x2", "fused[torch]"), ("tiny_4x1", "reference"),
+                                                   ("tiny_4x1", "fused[torch]")]}
+    assert got == want
+    for r in result["results"]:
+        assert r["n"] == 2 and len(r["raw_s"]) == 2 and all(t > 0 for t in r["raw_s"])
+        assert r["p10_s"] <= r["median_s"] <= r["p90_s"]
+        assert r["images_per_s"] == pytest.approx(r["batch"] / r["median_s"])
+        flops = result["models"][r["model"]]["flops_per_image"]
+        assert r["tflops"] == pytest.approx(r["batch"] * flops / r["median_s"] / 1e12)
+        assert r["pct_peak"] == pytest.approx(100 * r["tflops"] / result["peak"]["matmul"]["tflops"])
+    # providers that cannot run on the CPU are listed, not silently dropped
+    assert {s["provider"] for s in result["skipped"]} >= {"fused[triton]", "fused[triton]+graph"}
+
+
+def test_ratios(run):
+    _, result = run
+    assert result["models"]["tiny_2x2"]["sequential_partner"] == "tiny_4x1"
+    assert result["models"]["tiny_4x1"]["sequential_partner"] is None
+    kinds = {(r["kind"], r["batch"], r["numerator"], r["denominator"]) for r in result["ratios"]}
+    for b in (1, 2):
+        assert ("par/seq", b, "tiny_2x2:reference", "tiny_4x1:reference") in kinds
+        assert ("par/seq", b, "tiny_2x2:fused[torch]", "tiny_4x1:fused[torch]") in kinds
+        assert ("fused/branch_by_branch", b, "tiny_2x2:fused[torch]", "tiny_2x2:branch_by_branch") in kinds
+        assert ("fused/reference", b, "tiny_4x1:fused[torch]", "tiny_4x1:reference") in kinds
+    rows = {(r["model"], r["provider"], r["batch"]): r for r in result["results"]}
+    for r in result["ratios"]:
+        num = rows[tuple(r["numerator"].split(":")) + (r["batch"],)]
+        den = rows[tuple(r["denominator"].split(":")) + (r["batch"],)]
+        assert r["value"] == pytest.approx(num["images_per_s"] / den["images_per_s"])
+
+
+def test_markdown(run):
+    out, result = run
+    md = (out / result["files"]["markdown"]).read_text()
+    assert md.startswith("# threethings_fast profile")
+    assert "| model | provider | batch | images/s | median ms | p90 ms | TFLOP/s | % of peak | n |" in md
+    assert "## Speed-ups of tiny_2x2 (vs tiny_4x1" in md
+    assert "## Anchor: the paper's Table 4" in md
+    for model, paper in PAPER_TABLE4.items():   # the paper's numbers are there even when the model is not run
+        assert f"| {model} | 1 | {paper['seq'][1]} | {paper['par'][1]} |" in md
+    assert md.count("| tiny_2x2 | fused[torch] |") == 2
+
+
+def test_pngs(run):
+    out, result = run
+    assert sorted(result["files"]["plots"]) == ["latency.png", "throughput.png"]
+    for name in result["files"]["plots"]:
+        data = (out / name).read_bytes()
+        assert len(data) > 1000 and data[:8] == PNG_MAGIC
+
+
+def test_chrome_trace(run):
+    out, result = run
+    trace = result["trace"]
+    assert (trace["model"], trace["provider"], trace["batch"]) == ("tiny_2x2", "fused[torch]", 2)
+    assert trace["ops_per_forward"] > 0 and trace["kernels_per_forward"] is None
+    with open(out / trace["file"]) as f:
+        events = json.load(f)["traceEvents"]
+    assert any(e.get("name", "").startswith("forward#") for e in events)
+
+
+def test_time_budget_skips_larger_batches(tmp_path):
+    args = ["--models", "tiny_2x1", "--batches", "1", "2", "4", "--reps", "1", "--warmup", "0", "--no-progress",
+            "--no-peak", "--no-plots", "--time-budget", "1e-6", "--providers", "reference", "--out", str(tmp_path)]
+    assert main(args) == 0
+    result = json.loads((tmp_path / "profile.json").read_text())
+    assert validate(result) == []
+    assert result["skipped_batches"] == [2, 4] and {r["batch"] for r in result["results"]} == {1}
+    assert result["peak"] is None and result["files"]["plots"] == []
+    assert os.path.exists(tmp_path / "profile.md")
+
+
+def test_validate_reports_problems(run):
+    _, result = run
+    broken = json.loads(json.dumps(result))
+    del broken["results"][0]["median_s"]
+    broken["ratios"][0]["kind"] = "nonsense"
+    broken["device"]["threads"] = "2"
+    errors = validate(broken)
+    assert any("results[0].median_s: missing" in e for e in errors)
+    assert any("ratios[0].kind" in e for e in errors)
+    assert any("device.threads" in e for e in errors)
+
+
+def test_compare_two_runs(run, capsys):
+    from threethings_fast.profile.compare import compare_results, main as compare_main
+    out, result = run
+    rows = compare_results(result, result)
+    assert len(rows) == len(result["results"])
+    assert all(r["change"] == pytest.approx(1.0) and not r["significant"] for r in rows)
+    path = str(out / "profile.json")
+    assert compare_main([path, path]) == 0
+    text = capsys.readouterr().out
+    assert "| tiny_2x2 | fused[torch] | 1 |" in text and "| par/seq | 1 |" in text
+
+
+def test_sweep_order_keeps_the_ends_under_a_budget():
+    from threethings_fast.profile.sweep import sweep_order
+    assert sweep_order([1, 2, 4, 8], None) == [1, 2, 4, 8]
+    assert sweep_order([1, 2, 4, 8], 120.0) == [1, 8, 2, 4]
+    assert sweep_order([1, 2], 120.0) == [1, 2]

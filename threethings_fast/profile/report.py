@@ -1,0 +1,185 @@
+"""The markdown report of a profile result: run header, the full table, Table-4-style speed-ups, the paper's anchor."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+from ..configs import from_name
+from .sweep import PROVIDERS, best_fused
+
+# Touvron et al. 2022, Table 4: throughput (images/s) on one V100 of the x2 models, their branches executed
+# sequentially ("seq") or in parallel ("par"), at batch 1 / 4 / 16 / 64.
+PAPER_TABLE4 = {
+    "S18x2": {"seq": {1: 44, 4: 168, 16: 569, 64: 647}, "par": {1: 61, 4: 245, 16: 518, 64: 575}},
+    "B18x2": {"seq": {1: 42, 4: 155, 16: 266, 64: 286}, "par": {1: 61, 4: 187, 16: 231, 64: 248}},
+}
+
+
+def _fmt(x: Optional[float], digits: int = 1, suffix: str = "") -> str:
+    if x is None:
+        return "—"
+    if abs(x) >= 1000:
+        return f"{x:,.0f}{suffix}"
+    if abs(x) < 10 and not suffix:   # CPU images/s and small TFLOP/s: keep about three significant digits
+        digits = max(digits, 2 if abs(x) >= 1 else 3)
+    return f"{x:.{digits}f}{suffix}"
+
+
+def _rows(result: dict) -> dict:
+    return {(r["model"], r["provider"], r["batch"]): r for r in result["results"]}
+
+
+def _ips(idx, model, provider, batch) -> Optional[float]:
+    row = idx.get((model, provider, batch))
+    return row["images_per_s"] if row else None
+
+
+def _div(a, b):
+    return a / b if a is not None and b else None
+
+
+def header(result: dict) -> list[str]:
+    d, v, s = result["device"], result["versions"], result["settings"]
+    dev = f"{d['name']} ({d['type']}" + (f", sm {d['capability']}" if d["capability"] else "") + ")"
+    lines = [
+        "# threethings_fast profile",
+        "",
+        f"- device: {dev}; torch threads {d['threads']} of {d['cpu_count']} CPUs",
+        f"- dtype {result['dtype']}; torch {v['torch']}; triton {v['triton'] or '—'}; CUDA {v['cuda'] or '—'}; "
+        f"threethings_fast {v['threethings_fast']}; Python {v['python']}",
+        f"- preset `{s['preset']}`: models {', '.join(s['models'])}; batches {', '.join(map(str, s['batches']))}; "
+        f"{s['warmup']} warm-up + {s['reps']} timed rounds per batch (round-robin over all model × provider pairs)",
+        f"- run {result['created']}, {result['wall_s']:.0f} s wall" if result["wall_s"] else
+        f"- run {result['created']}",
+    ]
+    peak = result.get("peak")
+    if peak:
+        mm, cp = peak["matmul"], peak["copy"]
+        lines.append(f"- measured peak: matmul {mm['n']}³ {mm['dtype']} **{mm['tflops']:.2f} TFLOP/s** (median "
+                     f"{mm['tflops_median']:.2f}); copy {cp['bytes'] / 2 ** 20:.0f} MiB **{cp['gbps']:.0f} GB/s** "
+                     f"(read + write)")
+    if result["skipped_batches"]:
+        lines.append(f"- **time budget reached: batches {result['skipped_batches']} not run**")
+    return lines
+
+
+def results_table(result: dict) -> list[str]:
+    order = {p: i for i, p in enumerate(PROVIDERS)}
+    models = {m: i for i, m in enumerate(result["settings"]["models"])}
+    rows = sorted(result["results"], key=lambda r: (models.get(r["model"], 99), r["batch"],
+                                                    order.get(r["provider"], 99)))
+    lines = ["## Throughput and latency", "",
+             "| model | provider | batch | images/s | median ms | p90 ms | TFLOP/s | % of peak | n |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['provider']} | {r['batch']} | {_fmt(r['images_per_s'])} | "
+                     f"{_fmt(r['latency_ms'], 2)} | {_fmt(r['p90_ms'], 2)} | {_fmt(r['tflops'], 3)} | "
+                     f"{_fmt(r['pct_peak'], 1, '%')} | {r['n']} |")
+    lines += ["", "TFLOP/s = batch · forward_flops / median (2·matmul MACs per image, `threethings_fast.macs`); "
+              "% of peak = TFLOP/s / the measured matmul peak above."]
+    return lines
+
+
+def speedup_tables(result: dict) -> list[str]:
+    """Per xK model: its same-parameter x1 partner (par/seq), branch by branch, reference and ours side by side."""
+    idx = _rows(result)
+    lines = []
+    for model, info in result["models"].items():
+        if info["config"]["num_parallel"] == 1:
+            continue
+        seq = info["sequential_partner"]
+        batches = sorted({r["batch"] for r in result["results"] if r["model"] == model})
+        if not batches:
+            continue
+        lines += [f"## Speed-ups of {model}" + (f" (vs {seq}, same parameters and FLOPs)" if seq else ""), ""]
+        head = ["batch"]
+        if seq:
+            head += [f"{seq} ref im/s", f"{model} ref im/s", "par/seq ref"]
+        head += [f"{model} branch-by-branch im/s", "ours (best fused)", "ours im/s"]
+        if seq:
+            head += [f"{seq} same provider im/s", "par/seq ours"]
+        head += ["ours / branch-by-branch", "ours / reference"]
+        lines += ["| " + " | ".join(head) + " |", "|" + "---:|" * len(head)]
+        for b in batches:
+            best = best_fused(result, model, b)
+            prov = best["provider"] if best else None
+            ours = best["images_per_s"] if best else None
+            bbb = _ips(idx, model, "branch_by_branch", b)
+            ref = _ips(idx, model, "reference", b)
+            cells = [str(b)]
+            if seq:
+                seq_ref = _ips(idx, seq, "reference", b)
+                cells += [_fmt(seq_ref), _fmt(ref), _fmt(_div(ref, seq_ref), 2, "×")]
+            cells += [_fmt(bbb), prov or "—", _fmt(ours)]
+            if seq:
+                seq_ours = _ips(idx, seq, prov, b) if prov else None
+                cells += [_fmt(seq_ours), _fmt(_div(ours, seq_ours), 2, "×")]
+            cells += [_fmt(_div(ours, bbb), 2, "×"), _fmt(_div(ours, ref), 2, "×")]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines += ["", "par/seq > 1: the parallel model is faster than the sequential one of equal parameters and "
+                  "FLOPs. All ratios are of images/s from the same interleaved rounds.", ""]
+    return lines
+
+
+def anchor_table(result: dict) -> list[str]:
+    """The paper's Table 4 (V100) beside ours at the same batch sizes."""
+    idx = _rows(result)
+    by_config = {}
+    for name, info in result["models"].items():
+        by_config.setdefault(tuple(sorted(info["config"].items())), name)
+    lines = ["## Anchor: the paper's Table 4 (one V100, images/s)", "",
+             "Paper: the x2 model with its branches run sequentially (seq) or in parallel (par). Ours: the same "
+             "model run branch by branch (the paper's seq), our fused model (best provider at that batch), and "
+             "the same-parameter x1 model on that provider. Different hardware and dtype: compare the ratios, "
+             "not the absolute numbers.", "",
+             "| model | batch | paper seq | paper par | paper par/seq | ours branch-by-branch | ours fused | "
+             "ours fused / branch-by-branch | ours x1 model | ours par/seq |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for short, paper in PAPER_TABLE4.items():
+        key = tuple(sorted(dataclasses.asdict(from_name(short)).items()))
+        model = by_config.get(key)
+        seq = result["models"][model]["sequential_partner"] if model else None
+        for b in sorted(paper["seq"]):
+            p_seq, p_par = paper["seq"][b], paper["par"][b]
+            best = best_fused(result, model, b) if model else None
+            ours = best["images_per_s"] if best else None
+            bbb = _ips(idx, model, "branch_by_branch", b) if model else None
+            x1 = _ips(idx, seq, best["provider"], b) if (seq and best) else None
+            fused_cell = f"{_fmt(ours)} ({best['provider']})" if best else "—"
+            lines.append(f"| {short} | {b} | {p_seq} | {p_par} | {p_par / p_seq:.2f}× | {_fmt(bbb)} | {fused_cell} | "
+                         f"{_fmt(_div(ours, bbb), 2, '×')} | {_fmt(x1)} | {_fmt(_div(ours, x1), 2, '×')} |")
+    return lines
+
+
+def problems(result: dict) -> list[str]:
+    lines = []
+    if result["skipped"]:
+        lines += ["## Providers not run here", ""]
+        seen = set()
+        for s in result["skipped"]:
+            if (s["provider"], s["reason"]) in seen:
+                continue
+            seen.add((s["provider"], s["reason"]))
+            lines.append(f"- {s['provider']}: {s['reason']}")
+        lines.append("")
+    if result["errors"]:
+        lines += ["## Errors", ""]
+        for e in result["errors"]:
+            where = ":".join(str(x) for x in (e["model"], e["provider"], e["batch"]) if x is not None)
+            lines.append(f"- {where}: `{e['error'].splitlines()[0][:300]}`")
+        lines.append("")
+    trace = result.get("trace")
+    if trace:
+        lines += ["## Trace", "",
+                  f"- {trace['model']} {trace['provider']} batch {trace['batch']}: `{trace['file']}` "
+                  f"({trace['iterations']} forwards); {trace['ops_per_forward']:.0f} outermost aten ops per forward"
+                  + (f"; {trace['kernels_per_forward']:.0f} kernels per forward; device busy "
+                     f"{100 * trace['device_busy_fraction']:.0f}% of the wall time"
+                     if trace["kernels_per_forward"] is not None else ""), ""]
+    return lines
+
+
+def format_markdown(result: dict) -> str:
+    parts = header(result) + [""] + speedup_tables(result) + anchor_table(result) + [""] + results_table(result) + \
+        [""] + problems(result)
+    return "\n".join(parts).rstrip() + "\n"
