@@ -357,8 +357,10 @@ def _hmlp_stem_kernel(
 # Configurations
 # ---------------------------------------------------------------------------------------------------------------
 # Unmeasured starting points (no GPU in the session that wrote this). Checked only by compiling for sm_90 on a CPU
-# host: no register spills; shared memory for E = 768 is 80 KB (BLOCK_P 16) .. 135 KB (64), for E = 1024 up to
-# 168 KB. BLOCK_P is the M of every tl.dot: 64 lets Triton use Hopper wgmma, 16/32 get mma.sync. The four h2 tiles
+# host (tests/test_sm90_compile.py, triton 3.9 ptxas): shared memory for E = 768 is 80 KB (BLOCK_P 16) .. 135 KB
+# (64), for E = 1024 up to 168 KB; the BLOCK_P = 64 / 8-warp config hits 255 registers and spills (E = 768: ~0.9 KB
+# per thread BN, ~2 KB LN), the BLOCK_P = 16 one barely (40 B). The autotuner weighs that on the GPU; if the
+# spilling config loses, drop it. BLOCK_P is the M of every tl.dot: 64 lets Triton use Hopper wgmma, 16/32 get mma.sync. The four h2 tiles
 # cost 4·BLOCK_P·C4·2 B of registers (E = 768: 96 KB at BLOCK_P = 64, spread over 8 warps). BLOCK_E bounds the
 # stage-3 accumulator and the W3 slice staged per dot. The kernel is large: each config compiles in ~10-50 s, so
 # the lists are short and picked by row count (like linear.py) instead of one long list.

@@ -136,7 +136,9 @@ SMALL_M = 512
 _linear_kernel_large = triton.autotune(configs=_CONFIGS_LARGE_M, key=["M", "N", "K"])(_linear_kernel)
 _linear_kernel_small = triton.autotune(configs=_CONFIGS_SMALL_M, key=["M", "N", "K"])(_linear_kernel)
 
-#: IEEE fp32 operands: one conservative config, (64·32 + 32·64)·4 B = 16 KB per stage.
+#: fp32 operands (IEEE or tf32): one conservative config, (64·32 + 32·64)·4 B = 16 KB per stage. The bf16 tile
+#: lists would need 2x the shared memory in fp32: 128x256x64 x 3 stages is 288 KB, over the 227 KB an H100 block
+#: may use (found by the sm_90 compile check, tests/test_sm90_compile.py).
 _FP32_META = {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32, "GROUP_M": 8, "num_warps": 4, "num_stages": 3}
 
 #: One small config under the interpreter: autotuning there re-runs the whole interpreted kernel per config.
@@ -163,7 +165,7 @@ def _linear_launch(x2: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.
 
     if interpreter_active():
         kernel, meta = _linear_kernel, dict(_INTERPRETER_META)
-    elif precision == "ieee" and x2.dtype == torch.float32:
+    elif x2.dtype == torch.float32:
         kernel, meta = _linear_kernel, dict(_FP32_META)
     elif M <= SMALL_M:
         kernel, meta = _linear_kernel_small, {}

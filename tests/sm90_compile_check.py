@@ -1,0 +1,428 @@
+"""Ahead-of-time compilation of every Triton kernel of threethings_fast for an H100 (sm_90), without a GPU.
+
+Run by ``tests/test_sm90_compile.py`` in a subprocess (this file is not a test module: pytest does not collect it);
+can also be run by hand:
+
+    .venv/bin/python tests/sm90_compile_check.py [--jobs 2] [--only SUBSTRING ...] [--list]
+
+The Triton interpreter (``TRITON_INTERPRET=1``, what the CPU test suite uses) never lowers a kernel, so it misses
+whatever only the real compiler checks: ``tl.dot`` shape/dtype rules, layout and shared-memory limits, constexpr
+errors, register pressure. Here each kernel variant goes through ``triton.compile`` (TTIR -> TTGIR -> LLVM -> PTX ->
+cubin with Triton's bundled ptxas) for ``GPUTarget("cuda", 90, 32)``; the CUDA driver is never touched.
+
+Output (stdout): one JSON object per line.
+    {"event": "skip", "reason": ...}        the installed Triton's compile API / toolchain is not usable here
+    {"event": "env", ...}                   triton version, ptxas, target
+    {"event": "variant", "name": ..., "ok": bool, "error": str|None, "shared": bytes, "n_regs": int|None,
+     "spill_bytes": per-thread stack bytes (register spills) or None, "wgmma": count of wgmma.mma_async in the PTX,
+     "mma_sync": count of mma.sync, "tensor_cores_expected": bool, "num_warps", "num_stages", "compile_s"}
+    {"event": "done", "n": ..., "wall_s": ...}
+Anything else the compiler prints (ptxas logs, PTX of a failed kernel) goes to stderr.
+
+Written against the Triton 3.3+ AOT API (the one ``triton/tools/compile.py`` uses; checked on 3.9):
+``ASTSource(fn, signature, constexprs, attrs)`` with constexprs keyed by argument name and attrs
+``{(arg_index,): [["tt.divisibility", 16]]}``, ``triton.compile(src, target=GPUTarget(...), options={...})``,
+``CompiledKernel.asm["ptx"/"cubin"]`` and ``.metadata.shared``. Another API -> a "skip" line, never a failure.
+"""
+from __future__ import annotations
+
+import os
+
+# Must happen before the first `import triton` (here and in the worker processes, which inherit the environment):
+# under the interpreter @triton.jit functions become interpreter objects that triton.compile cannot take.
+os.environ.pop("TRITON_INTERPRET", None)
+# Triton 3.9 warns once per process that this default will change; pin today's default (FMA fusion on, what the
+# GPU runs) so the output stays quiet. Ignored by versions that do not know the variable.
+os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+
+import argparse  # noqa: E402
+import dataclasses  # noqa: E402
+import importlib  # noqa: E402
+import inspect  # noqa: E402
+import json  # noqa: E402
+import re  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+import traceback  # noqa: E402
+
+__test__ = False  # not a test module, even if someone points pytest at it
+
+PKG = "threethings_fast.triton_kernels"
+#: H100 (sm_90): largest dynamic shared memory one block may opt into, 227 KiB.
+H100_MAX_SHARED = 227 * 1024
+TARGET = ("cuda", 90, 32)
+API_NOTE = "written against the Triton 3.3+ ASTSource/triton.compile AOT API (checked with triton 3.9)"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Variants
+# ---------------------------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Variant:
+    """One compilation: a kernel, its constexprs and the runtime specialisations a real launch would see."""
+
+    name: str
+    module: str                       # submodule of PKG
+    kernel: str                       # attribute name of the @triton.jit function
+    consts: dict                      # constexpr arguments by name
+    ptrs: dict                        # pointer arguments -> Triton type ("*bf16", "*fp32", "*i64", "*u8", ...)
+    num_warps: int
+    num_stages: int
+    floats: tuple = ()                # fp32 scalar arguments; every other non-constexpr argument is i32
+    ones: tuple = ()                  # int arguments equal to 1 at runtime: Triton specialises them to constexpr 1
+    not_div16: tuple = ()             # int arguments not known to be multiples of 16 (others get tt.divisibility)
+    tensor_cores: bool = False        # a 16-bit tl.dot: must lower to wgmma or mma.sync
+    cost: float = 1.0                 # rough compile seconds, to start the slow ones first
+
+    def spec(self):
+        return dataclasses.asdict(self)
+
+
+def _cfg(config) -> tuple[dict, int, int]:
+    """(kwargs, num_warps, num_stages) of a triton.Config."""
+    return dict(config.kwargs), config.num_warps, config.num_stages
+
+
+def build_variants() -> list[Variant]:
+    """The representative set: first config of every autotune list, each dtype / epilogue flavour that changes the
+    generated code, at the shapes the models use. Reads the configs from the kernel modules so it tracks them."""
+    nrm = importlib.import_module(f"{PKG}.normalize")
+    lin = importlib.import_module(f"{PKG}.linear")
+    att = importlib.import_module(f"{PKG}.attention")
+    hms = importlib.import_module(f"{PKG}.hmlp_stem")
+    pem = importlib.import_module(f"{PKG}.patch_embed")
+    out: list[Variant] = []
+
+    # normalize: (x dtype, y dtype, D). BLOCK_D = next_power_of_2(D): 384 -> 512; 1024 and MAX_D = 8192 are large.
+    for xt, yt, d in [("bf16", "bf16", 384), ("fp32", "fp32", 384), ("fp32", "bf16", 384), ("bf16", "bf16", 1024),
+                      ("fp32", "fp32", 1024), ("bf16", "bf16", nrm.MAX_D)]:
+        bm, bd, warps = nrm._normalize_meta(d)
+        out.append(Variant(
+            name=f"normalize/{xt}->{yt}/D{d}/BLOCK_D{bd}", module="normalize", kernel="_normalize_kernel",
+            consts=dict(BLOCK_M=bm, BLOCK_D=bd), ptrs=dict(x_ptr=f"*{xt}", y_ptr=f"*{yt}"),
+            num_warps=warps, num_stages=3, floats=("eps",), not_div16=("M", "D"), cost=1.5))
+
+    # linear: first config of each autotune list (16-bit) and the fp32 IEEE meta, every epilogue.
+    epilogues = [("bias+gelu", True, False, 1), ("bias+residual", True, True, 0), ("nobias", False, False, 0)]
+    lin_cfgs = [("large", *_cfg(lin._CONFIGS_LARGE_M[0]), ("bf16", "fp16")),
+                ("small", *_cfg(lin._CONFIGS_SMALL_M[0]), ("bf16", "fp16"))]
+    fp32_meta = dict(lin._FP32_META)
+    fp32_warps, fp32_stages = fp32_meta.pop("num_warps"), fp32_meta.pop("num_stages")
+    lin_cfgs.append(("fp32meta", fp32_meta, fp32_warps, fp32_stages, ("fp32",)))
+    for tag, meta, warps, stages, dtypes in lin_cfgs:
+        for dt in dtypes:
+            for epi, has_bias, has_res, act in epilogues:
+                tile = "x".join(str(meta[k]) for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K"))
+                p = f"*{dt}"
+                out.append(Variant(
+                    name=f"linear/{dt}/{tag}:{tile}w{warps}s{stages}/{epi}", module="linear", kernel="_linear_kernel",
+                    consts=dict(meta, HAS_BIAS=has_bias, HAS_RESIDUAL=has_res, ACTIVATION=act,
+                                INPUT_PRECISION="ieee"),
+                    ptrs=dict(x_ptr=p, w_ptr=p, b_ptr=p, r_ptr=p, y_ptr=p), num_warps=warps, num_stages=stages,
+                    not_div16=("M",), tensor_cores=dt != "fp32",
+                    cost={"large": 6.0, "small": 4.0, "fp32meta": 4.0}[tag]))
+
+    # attention: bf16 with the first config at head dims 64, 80 (padded to D_PAD 128) and 128; fp16 at 64; the fp32
+    # accuracy path (_FP32_META, IEEE dots on CUDA cores) at 64.
+    meta, warps, stages = _cfg(att._CONFIGS[0])
+    fp32_meta = dict(att._FP32_META)
+    fp32_warps, fp32_stages = fp32_meta.pop("num_warps"), fp32_meta.pop("num_stages")
+    for dt, d, (meta_, warps_, stages_) in [("bf16", 64, (meta, warps, stages)), ("bf16", 80, (meta, warps, stages)),
+                                            ("bf16", 128, (meta, warps, stages)), ("fp16", 64, (meta, warps, stages)),
+                                            ("fp32", 64, (fp32_meta, fp32_warps, fp32_stages))]:
+        out.append(Variant(
+            name=f"attention/{dt}/d{d}/{meta_['BLOCK_M']}x{meta_['BLOCK_N']}w{warps_}s{stages_}", module="attention",
+            kernel="_attention_kernel",
+            consts=dict(meta_, HEAD_DIM=d, D_PAD=1 << (d - 1).bit_length(), INPUT_PRECISION="ieee"),
+            ptrs=dict(qkv_ptr=f"*{dt}", o_ptr=f"*{dt}"), num_warps=warps_, num_stages=stages_, floats=("qk_scale",),
+            not_div16=("N", "H"), tensor_cores=dt != "fp32", cost=3.0 if d == 64 else 5.0))
+
+    # hmlp_stem: ViT-B (E = 768); fp32 images, bf16 weights and tokens, position embedding and class token (the model
+    # path). BN and LN with the first config of the large-batch list (BLOCK_P 64: wgmma; LN at E = 768 > BLOCK_E
+    # takes the two-pass LN branch), LN with BEiT masking (row gather, mask-token rows), BN with the first config of
+    # the small-batch list (BLOCK_P 16: mma.sync).
+    E = 768
+    c4 = E // 4
+    c4a, c4b = hms.split_hidden(c4)
+    hm_ptrs = {n: "*fp32" for n in ("img_ptr", "b1_ptr", "b2_ptr", "b3_ptr", "lnw_ptr", "lnb_ptr", "ln3w_ptr",
+                                    "ln3b_ptr", "w3m_ptr", "pos_ptr", "cls_ptr", "mtok_ptr")}
+    hm_ptrs.update(w1_ptr="*bf16", w2_ptr="*bf16", w3_ptr="*bf16", idx_ptr="*i64", mask_ptr="*u8", out_ptr="*bf16")
+    for norm, tag, config, beit, cost in [("bn", "large", hms._CONFIGS_LARGE[0], False, 30.0),
+                                          ("ln", "large", hms._CONFIGS_LARGE[0], False, 40.0),
+                                          ("ln", "large", hms._CONFIGS_LARGE[0], True, 35.0),
+                                          ("bn", "small", hms._CONFIGS_SMALL[0], False, 8.0)]:
+        meta, warps, stages = _cfg(config)
+        out.append(Variant(
+            name=(f"hmlp_stem/{norm}{'+beit' if beit else ''}/bf16/E{E}/{tag}:P{meta['BLOCK_P']}xE{meta['BLOCK_E']}"
+                  f"w{warps}"),
+            module="hmlp_stem", kernel="_hmlp_stem_kernel",
+            consts=dict(meta, C_IN=3, E=E, C4=c4, C4A=c4a, C4B=c4b, K1P=64, IS_LN=norm == "ln", HAS_POS=True,
+                        HAS_CLS=True, HAS_IDX=beit, BEIT=beit, DOT_PREC="ieee"),
+            ptrs=hm_ptrs, num_warps=warps, num_stages=stages, floats=("b3_mean", "eps"),
+            ones=("s_iw", "s_pe") + (("s_xs", "s_mn") if beit else ()),
+            not_div16=("R", "S", "N", "WP") + (("s_xb", "s_mb") if beit else ()),
+            tensor_cores=True, cost=cost))
+
+    # patch_embed: ViT-B/16 (E = 768, K = 3·16·16), first config; fp32 images, bf16 weight and tokens.
+    meta, warps, stages = _cfg(pem._CONFIGS[0])
+    pe_ptrs = {n: "*fp32" for n in ("img_ptr", "b_ptr", "pos_ptr", "cls_ptr", "mtok_ptr")}
+    pe_ptrs.update(w_ptr="*bf16", idx_ptr="*i64", mask_ptr="*u8", out_ptr="*bf16")
+    out.append(Variant(
+        name=f"patch_embed/bf16/E{E}/{meta['BLOCK_P']}x{meta['BLOCK_E']}x{meta['BLOCK_K']}w{warps}s{stages}",
+        module="patch_embed", kernel="_patch_embed_kernel",
+        consts=dict(meta, PATCH=16, E=E, HAS_BIAS=True, HAS_POS=True, HAS_CLS=True, HAS_IDX=False, BEIT=False,
+                    DOT_PREC="ieee"),
+        ptrs=pe_ptrs, num_warps=warps, num_stages=stages, ones=("s_iw", "s_wk", "s_pe"),
+        not_div16=("R", "S", "N", "WP"), tensor_cores=True, cost=6.0))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Compilation
+# ---------------------------------------------------------------------------------------------------------------
+def _signature(fn, consts: dict, ptrs: dict, floats=(), ones=(), not_div16=()):
+    """(signature, constexprs, attrs) for ASTSource, as triton/tools/compile.py builds them."""
+    names = list(fn.arg_names)
+    unknown = (set(consts) | set(ptrs) | set(floats) | set(ones) | set(not_div16)) - set(names)
+    if unknown:
+        raise ValueError(f"{fn.__name__} has no argument(s) {sorted(unknown)}; arguments: {names}")
+    consts = dict(consts, **{n: 1 for n in ones})
+    sig, attrs = {}, {}
+    for i, n in enumerate(names):
+        if n in consts:
+            sig[n] = "constexpr"
+        elif n in ptrs:
+            sig[n] = ptrs[n]
+            attrs[(i,)] = [["tt.divisibility", 16]]  # torch allocations are 16-byte aligned
+        elif n in floats:
+            sig[n] = "fp32"
+        else:
+            sig[n] = "i32"
+            if n not in not_div16:
+                attrs[(i,)] = [["tt.divisibility", 16]]
+    missing = [n for n in names if n not in sig]
+    assert not missing, missing
+    return sig, consts, attrs
+
+
+def compile_kernel(fn, consts, ptrs, num_warps, num_stages, floats=(), ones=(), not_div16=()):
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    sig, constexprs, attrs = _signature(fn, consts, ptrs, floats, ones, not_div16)
+    src = ASTSource(fn=fn, signature=sig, constexprs=constexprs, attrs=attrs)
+    return triton.compile(src, target=GPUTarget(*TARGET), options={"num_warps": num_warps, "num_stages": num_stages})
+
+
+def _nvidia_bin(tool: str):
+    """Path of a tool Triton bundles (ptxas, cuobjdump), or None."""
+    import triton
+    if tool == "ptxas":
+        try:  # Triton's own choice (3.9: ptxas-blackwell for sm_90+, honours TRITON_PTXAS_PATH)
+            from triton.backends.nvidia.compiler import get_ptxas
+            try:
+                path = get_ptxas(TARGET[1]).path
+            except TypeError:
+                path = get_ptxas().path
+            if path and os.path.isfile(path):
+                return path
+        except Exception:  # noqa: BLE001 - older/newer layouts: fall back to the bundled binaries
+            pass
+    env = os.environ.get(f"TRITON_{tool.upper()}_PATH")
+    if env and os.path.isfile(env):
+        return env
+    base = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
+    for name in (tool, f"{tool}-blackwell"):
+        path = os.path.join(base, name)
+        if os.path.isfile(path) and os.access(path, os.X_OK):
+            return path
+    return None
+
+
+def resource_usage(cubin: bytes):
+    """(registers per thread, stack + local bytes per thread, i.e. register spills) from cuobjdump, or (None, None)."""
+    tool = _nvidia_bin("cuobjdump")
+    if tool is None or not cubin:
+        return None, None
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        try:
+            txt = subprocess.run([tool, "--dump-resource-usage", f.name], capture_output=True, text=True,
+                                 timeout=60).stdout
+        except (OSError, subprocess.SubprocessError):
+            return None, None
+    m = re.search(r"REG:(\d+).*?STACK:(\d+).*?LOCAL:(\d+)", txt)
+    if not m:
+        return None, None
+    # STACK is the per-thread stack frame, which for these kernels (no local arrays, no calls) is ptxas' register
+    # spill area; LOCAL is static local memory (0 here).
+    return int(m.group(1)), int(m.group(2)) + int(m.group(3))
+
+
+def run_variant(spec: dict) -> dict:
+    """Compile one variant (in a worker process); never raises: failures come back as ok=False with the error."""
+    res = {"event": "variant", "name": spec["name"], "kernel": spec["kernel"], "ok": False, "error": None,
+           "shared": None, "n_regs": None, "spill_bytes": None, "wgmma": 0, "mma_sync": 0,
+           "tensor_cores_expected": spec["tensor_cores"], "num_warps": spec["num_warps"],
+           "num_stages": spec["num_stages"], "compile_s": None}
+    t0 = time.time()
+    try:
+        fn = getattr(importlib.import_module(f"{PKG}.{spec['module']}"), spec["kernel"])
+        k = compile_kernel(fn, spec["consts"], spec["ptrs"], spec["num_warps"], spec["num_stages"],
+                           spec["floats"], spec["ones"], spec["not_div16"])
+        ptx = k.asm["ptx"]
+        res["shared"] = int(k.metadata.shared)
+        res["wgmma"] = len(re.findall(r"wgmma\.mma_async", ptx))
+        res["mma_sync"] = len(re.findall(r"\bmma\.sync", ptx))
+        res["n_regs"], res["spill_bytes"] = resource_usage(k.asm.get("cubin", b""))
+        res["ok"] = True
+    except Exception as exc:  # noqa: BLE001 - report every compiler error as data
+        msg = f"{type(exc).__name__}: {exc}"
+        res["error"] = msg if len(msg) < 6000 else msg[:3000] + "\n[...]\n" + msg[-3000:]
+        print(f"[{spec['name']}] compile failed:\n{traceback.format_exc()}", file=sys.stderr, flush=True)
+    res["compile_s"] = round(time.time() - t0, 2)
+    return res
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# API probe
+# ---------------------------------------------------------------------------------------------------------------
+# A tiny kernel with everything the real variants use: pointer/int/float/constexpr arguments, a divisibility
+# attribute, a 16-bit tl.dot. If *this* fails to compile, the API (not the package's kernels) is the problem.
+# Module level: @triton.jit resolves `tl` through the function's globals.
+_IMPORT_ERROR = None
+try:
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def _probe_kernel(a_ptr, c_ptr, n, scale, BLOCK: tl.constexpr, FLAG: tl.constexpr):
+        offs = tl.arange(0, BLOCK)
+        a = tl.load(a_ptr + offs[:, None] * BLOCK + offs[None, :])
+        c = tl.dot(a, a) * scale
+        if FLAG:
+            c = c + n
+        tl.store(c_ptr + offs[:, None] * BLOCK + offs[None, :], c)
+except Exception as _exc:  # noqa: BLE001 - reported as a skip by api_problem()
+    _IMPORT_ERROR = _exc
+
+
+def api_problem():
+    """None when this Triton has the AOT API and toolchain this script uses, else the reason (-> skip)."""
+    if _IMPORT_ERROR is not None:
+        exc = _IMPORT_ERROR
+        return f"triton cannot be imported ({type(exc).__name__}: {exc})"
+    try:
+        import triton
+        from triton.backends.compiler import GPUTarget
+        from triton.compiler import ASTSource
+    except Exception as exc:  # noqa: BLE001
+        return f"triton's AOT compiler API cannot be imported ({type(exc).__name__}: {exc}); {API_NOTE}"
+    ver = getattr(triton, "__version__", "?")
+    params = list(inspect.signature(ASTSource.__init__).parameters)
+    if params[:5] != ["self", "fn", "signature", "constexprs", "attrs"]:
+        return f"triton {ver}: ASTSource{tuple(params[1:])} differs from (fn, signature, constexprs, attrs); {API_NOTE}"
+    cparams = inspect.signature(triton.compile).parameters
+    if not {"src", "target", "options"} <= set(cparams):
+        return f"triton {ver}: triton.compile{tuple(cparams)} lacks (src, target, options); {API_NOTE}"
+    if _nvidia_bin("ptxas") is None:
+        return f"triton {ver}: its bundled ptxas is missing (set TRITON_PTXAS_PATH to compile for sm_90)"
+    try:
+        GPUTarget(*TARGET)
+    except Exception as exc:  # noqa: BLE001
+        return f"triton {ver}: GPUTarget{TARGET} failed ({type(exc).__name__}: {exc}); {API_NOTE}"
+
+    try:
+        k = compile_kernel(_probe_kernel, dict(BLOCK=16, FLAG=True), dict(a_ptr="*bf16", c_ptr="*fp32"), 4, 1,
+                           floats=("scale",))
+        if not (isinstance(k.asm.get("ptx"), str) and k.asm.get("cubin")):
+            return f"triton {ver}: CompiledKernel.asm has no ptx/cubin ({sorted(k.asm)}); {API_NOTE}"
+        int(k.metadata.shared)
+    except Exception as exc:  # noqa: BLE001
+        return (f"triton {ver}: compiling a probe kernel through ASTSource/triton.compile failed "
+                f"({type(exc).__name__}: {str(exc)[:500]}); {API_NOTE}")
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Main
+# ---------------------------------------------------------------------------------------------------------------
+def _worker_init():
+    # The compiler prints the PTX of a kernel ptxas rejects (and, on request, ptxas logs) on stdout: keep the JSON
+    # channel clean by sending the worker's stdout to stderr.
+    os.dup2(2, 1)
+    try:  # import torch and the kernel modules now, so compile_s measures compilation only
+        for mod in ("normalize", "linear", "attention", "hmlp_stem", "patch_embed"):
+            importlib.import_module(f"{PKG}.{mod}")
+    except Exception:  # noqa: BLE001 - run_variant reports the import error per variant
+        pass
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--jobs", "-j", type=int, default=min(2, os.cpu_count() or 1),
+                    help="parallel compile processes (default: min(2, cores))")
+    ap.add_argument("--only", action="append", default=[], help="keep variants whose name contains this")
+    ap.add_argument("--list", action="store_true", help="print the variant names and exit")
+    args = ap.parse_args(argv)
+
+    # JSON goes to the real stdout; anything printed by the compiler in this process goes to stderr.
+    json_out = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+
+    def emit(obj):
+        json_out.write(json.dumps(obj) + "\n")
+        json_out.flush()
+
+    t0 = time.time()
+    if _IMPORT_ERROR is not None:  # before build_variants, which imports the kernel modules (they need triton)
+        emit({"event": "skip", "reason": api_problem()})
+        return 0
+    variants = build_variants()
+    if args.only:
+        variants = [v for v in variants if any(s in v.name for s in args.only)]
+    if args.list:
+        for v in variants:
+            emit({"event": "list", "name": v.name})
+        return 0
+
+    reason = api_problem()
+    if reason:
+        emit({"event": "skip", "reason": reason})
+        return 0
+    import triton
+    emit({"event": "env", "triton": triton.__version__, "ptxas": _nvidia_bin("ptxas"), "target": list(TARGET),
+          "max_shared": H100_MAX_SHARED, "jobs": args.jobs, "n": len(variants)})
+
+    specs = [v.spec() for v in sorted(variants, key=lambda v: -v.cost)]  # longest first: better packing
+    if args.jobs <= 1:
+        for s in specs:
+            emit(run_variant(s))
+    else:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+        # spawn, not fork: the parent has imported torch (threads) and triton (MLIR); a fresh interpreter is safe.
+        with ProcessPoolExecutor(max_workers=args.jobs, mp_context=mp.get_context("spawn"),
+                                 initializer=_worker_init) as pool:
+            futs = {pool.submit(run_variant, s): s for s in specs}
+            for f in as_completed(futs):
+                try:
+                    emit(f.result())
+                except Exception as exc:  # noqa: BLE001 - a worker died (crash in the compiler, killed for memory)
+                    s = futs[f]
+                    emit({"event": "variant", "name": s["name"], "kernel": s["kernel"], "ok": False,
+                          "error": f"compile worker failed: {type(exc).__name__}: {exc}", "shared": None,
+                          "n_regs": None, "spill_bytes": None, "wgmma": 0, "mma_sync": 0,
+                          "tensor_cores_expected": s["tensor_cores"], "num_warps": s["num_warps"],
+                          "num_stages": s["num_stages"], "compile_s": None})
+    emit({"event": "done", "n": len(specs), "wall_s": round(time.time() - t0, 1)})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
