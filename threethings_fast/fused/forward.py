@@ -6,7 +6,9 @@ fc1 GEMM (+GELU), fc2 GEMM (+residual): 7 launches whatever K is, against about 
 An ops object provides:
     embed(images, weights) -> (B, N, D) tokens with class token and positions
     normalize(x (M, D), eps) -> x̂ (M, D)                        LayerNorm without affine
-    linear(x (M, K), w (N, K), b (N,), activation=None|"gelu", residual=None|(M, N)) -> (M, N)
+    linear(x (M, K), w (N, K), b (N,), activation=None|"gelu", residual=None|(M, N), workspace=None) -> (M, N)
+        may update `residual` in place and return it; `workspace` names a buffer the ops may reuse for the output
+        across calls (the output is then only valid until the next call with that name)
     attention(qkv (B, N, 3*Hh*d), num_heads=Hh, head_dim=d) -> (B, N, Hh*d)   scale already folded into q
 """
 from __future__ import annotations
@@ -24,10 +26,11 @@ def vit_forward(ops, weights: FusedWeights, images: torch.Tensor) -> torch.Tenso
     b, n, d = x.shape
     x = x.reshape(b * n, d)
     for blk in weights.blocks:
-        qkv = ops.linear(ops.normalize(x, eps), blk.w_qkv, blk.b_qkv)                      # (B*N, 3KD)
+        qkv = ops.linear(ops.normalize(x, eps), blk.w_qkv, blk.b_qkv, workspace="qkv")     # (B*N, 3KD)
         o = ops.attention(qkv.view(b, n, -1), num_heads=heads, head_dim=cfg.head_dim)      # (B, N, KD)
         x = ops.linear(o.view(b * n, -1), blk.w_proj, blk.b_proj, residual=x)             # (B*N, D)
-        h = ops.linear(ops.normalize(x, eps), blk.w_fc1, blk.b_fc1, activation="gelu")    # (B*N, KF)
+        h = ops.linear(ops.normalize(x, eps), blk.w_fc1, blk.b_fc1, activation="gelu",
+                       workspace="fc1")                                                    # (B*N, KF)
         x = ops.linear(h, blk.w_fc2, blk.b_fc2, residual=x)                               # (B*N, D)
     cls = x.view(b, n, d)[:, 0].contiguous()           # only the class token reaches the head
     return ops.linear(ops.normalize(cls, eps), weights.head_w, weights.head_b)
