@@ -50,3 +50,13 @@ def assert_within_bound(out, ref_lowp, ref64, dtype):
 
 def rel_err(a, b):
     return ((a.double() - b.double()).abs().max() / b.double().abs().max()).item()
+
+
+def kernels_interpreted(kernel) -> bool:
+    """True when `kernel` (a @triton.jit function) was defined under the Triton interpreter, i.e. TRITON_INTERPRET
+    was set before triton was first imported in this process."""
+    try:
+        from triton.runtime.interpreter import InterpretedFunction
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(kernel, InterpretedFunction)

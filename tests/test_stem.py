@@ -23,7 +23,7 @@ from threethings_fast.folding import fold_stem  # noqa: E402
 from threethings_fast.reference.stems import (HMLPStem, PatchEmbed, extract_patches, indices_to_mask,  # noqa: E402
                                               mask_to_indices)
 
-from helpers import assert_within_bound  # noqa: E402
+from helpers import kernels_interpreted, assert_within_bound  # noqa: E402
 
 triton = pytest.importorskip("triton", reason="triton is not installed")
 
@@ -33,17 +33,11 @@ pe = importlib.import_module("threethings_fast.triton_kernels.patch_embed")
 from threethings_fast.triton_kernels._common import interpreter_active  # noqa: E402
 
 
-def _kernels_interpreted() -> bool:
-    try:
-        from triton.runtime.interpreter import InterpretedFunction
-    except ImportError:  # pragma: no cover
-        return False
-    return isinstance(hs._hmlp_stem_kernel, InterpretedFunction)
 
 
 DEVICE = "cuda" if HAS_CUDA else "cpu"
 needs_kernels = pytest.mark.skipif(
-    not HAS_CUDA and not (interpreter_active() and _kernels_interpreted()),
+    not HAS_CUDA and not (interpreter_active() and kernels_interpreted(hs._hmlp_stem_kernel)),
     reason="the Triton kernels were imported before TRITON_INTERPRET=1 was set; run pytest with TRITON_INTERPRET=1")
 
 DTYPES = [pytest.param(torch.float32, id="fp32"), pytest.param(torch.float16, id="fp16")]

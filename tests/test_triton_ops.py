@@ -26,17 +26,12 @@ triton = pytest.importorskip("triton", reason="triton is not installed")
 from threethings_fast.triton_kernels import (SUPPORTED_HEAD_DIMS, attention, attention_ref,  # noqa: E402
                                              linear, linear_ref, normalize, normalize_ref)
 from threethings_fast.triton_kernels._common import interpreter_active  # noqa: E402
+from helpers import kernels_interpreted  # noqa: E402
 
 # The package re-exports the function `normalize`, which shadows the submodule attribute: go through sys.modules.
 normalize_module = importlib.import_module("threethings_fast.triton_kernels.normalize")
 
 
-def _kernels_interpreted() -> bool:
-    try:
-        from triton.runtime.interpreter import InterpretedFunction
-    except ImportError:  # pragma: no cover
-        return False
-    return isinstance(normalize_module._normalize_kernel, InterpretedFunction)
 
 
 if HAS_CUDA:
@@ -45,7 +40,7 @@ if HAS_CUDA:
     _why = ""
 else:
     DEVICE = "cpu"
-    _runnable = interpreter_active() and _kernels_interpreted()
+    _runnable = interpreter_active() and kernels_interpreted(normalize_module._normalize_kernel)
     _why = ("the Triton kernels were imported before TRITON_INTERPRET=1 was set; run pytest with "
             "TRITON_INTERPRET=1 in the environment")
 

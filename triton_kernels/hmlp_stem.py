@@ -125,6 +125,19 @@ def _patch_rows(pid, R, S, N, idx_ptr, s_xb, s_xs, mask_ptr, s_mb, s_mn,
 
 
 @triton.jit
+def _token_rows(out_ptr, b, v, n, s_ob, s_on, HAS_CLS: tl.constexpr, BEIT: tl.constexpr):
+    """Output row pointers of a block of patches: BEiT keeps every patch at its own number n, MAE packs the visible
+    ones at their rank v; a class-token row shifts both by one."""
+    if BEIT:
+        out_row = n
+    else:
+        out_row = v
+    if HAS_CLS:
+        out_row = out_row + 1
+    return out_ptr + b * s_ob + out_row.to(tl.int64) * s_on
+
+
+@triton.jit
 def _hmlp_stage12(img_ptr, img_rows, pix, k_ok, vis, w1a, w1b, b1a, b1b, w2_ptr, b2_ptr, lnw_ptr, lnb_ptr, eps,
                   s_ih, s_iw,
                   T: tl.constexpr, C4: tl.constexpr, C4A: tl.constexpr, C4B: tl.constexpr, IS_LN: tl.constexpr,
@@ -263,13 +276,7 @@ def _hmlp_stem_kernel(
     pid = tl.program_id(0)
     b, v, n, row_ok, vis = _patch_rows(pid, R, S, N, idx_ptr, s_xb, s_xs, mask_ptr, s_mb, s_mn,
                                        HAS_IDX, BEIT, BLOCK_P)
-    if BEIT:
-        out_row = n
-    else:
-        out_row = v
-    if HAS_CLS:
-        out_row = out_row + 1
-    out_rows = out_ptr + b * s_ob + out_row.to(tl.int64) * s_on        # (BLOCK_P,) row pointers
+    out_rows = _token_rows(out_ptr, b, v, n, s_ob, s_on, HAS_CLS, BEIT)  # (BLOCK_P,) row pointers
     OUT_DT = out_ptr.dtype.element_ty
 
     n_vis = tl.sum(vis.to(tl.int32), 0)

@@ -25,7 +25,7 @@ import triton.language as tl
 
 from ._common import (FLOAT_DTYPES, check_out, check_same_device, check_tensor, device_guard, interpreter_active,
                       register_op, skip_launch, wrap_triton)
-from .hmlp_stem import (_flat_pos, _flat_vector, _patch_rows, _select_tokens, _write_extra_rows, check_stem_inputs,
+from .hmlp_stem import (_flat_pos, _flat_vector, _patch_rows, _select_tokens, _token_rows, _write_extra_rows, check_stem_inputs,
                         resolve_masking, row_order)
 
 __all__ = ["patch_embed", "patch_embed_ref"]
@@ -62,13 +62,7 @@ def _patch_embed_kernel(
     pid_e = tl.program_id(1)
     b, v, n, row_ok, vis = _patch_rows(pid, R, S, N, idx_ptr, s_xb, s_xs, mask_ptr, s_mb, s_mn,
                                        HAS_IDX, BEIT, BLOCK_P)
-    if BEIT:
-        out_row = n
-    else:
-        out_row = v
-    if HAS_CLS:
-        out_row = out_row + 1
-    out_rows = out_ptr + b * s_ob + out_row.to(tl.int64) * s_on
+    out_rows = _token_rows(out_ptr, b, v, n, s_ob, s_on, HAS_CLS, BEIT)
     e0 = pid_e * BLOCK_E
     offs_e = e0 + tl.arange(0, BLOCK_E)
     e_ok = offs_e < E
