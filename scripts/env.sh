@@ -14,7 +14,8 @@ PY="${PYTHON:-python3}"
 if [ ! -x "$VENV/bin/python" ]; then
   if "$PY" -c "import torch, triton" >/dev/null 2>&1; then
     echo "env: torch + triton found in $PY; creating $VENV on top of them (nothing downloaded)" >&2
-    "$PY" -m venv --system-site-packages "$VENV"
+    # --without-pip: ensurepip may be missing on such images; the system pip is visible through the system packages
+    "$PY" -m venv --system-site-packages --without-pip "$VENV"
   else
     echo "env: creating $VENV and installing torch==2.13.0 (CPU), triton and the tools" >&2
     "$PY" -m venv "$VENV"
@@ -35,7 +36,14 @@ if [ ! -f "$STAMP" ]; then
   else
     "$VPY" -m pip install -q --disable-pip-version-check "torch==2.13.0" triton $TOOLS >&2
   fi
-  "$VPY" -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e . >&2
+  if ! "$VPY" -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e . >&2; then
+    # Offline with an old setuptools (editable installs need >= 64): put the checkout on the path instead;
+    # threethings_fast/__init__.py maps triton_kernels/ in when it runs from a source checkout.
+    echo "env: editable install failed; using the source checkout through a .pth file" >&2
+    SITE="$("$VPY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+    echo "$PWD" > "$SITE/threethings_fast_checkout.pth"
+  fi
+  "$VPY" -c "import threethings_fast.triton_kernels" >/dev/null 2>&1 || "$VPY" -c "import threethings_fast" >&2
   rm -f "$VENV"/.ttf-installed-*
   touch "$STAMP"
 fi

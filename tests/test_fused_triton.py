@@ -58,10 +58,10 @@ def test_cuda_graph_replay_equals_eager():
     model = make_model("S18x2", dtype=torch.bfloat16, depth=4).cuda()
     fused = ttf.convert(model, backend="triton")
     graphed = capture(fused, [1, 3])
+    xs = {b: torch.randn(b, 3, 224, 224, device="cuda", dtype=torch.bfloat16) for b in (1, 3)}
+    outs = {b: graphed(xs[b]) for b in (3, 1)}          # replay out of capture order
     for b in (1, 3):
-        x = torch.randn(b, 3, 224, 224, device="cuda", dtype=torch.bfloat16)
-        eager = fused(x)
-        assert torch.equal(graphed(x).clone(), eager)
+        assert torch.equal(outs[b], fused(xs[b])), f"batch {b}: graph replay differs from eager"
     with pytest.raises(ValueError, match="no graph captured"):
         graphed(torch.randn(2, 3, 224, 224, device="cuda", dtype=torch.bfloat16))
 
@@ -73,4 +73,5 @@ def test_torch_compile_over_the_ops():
     x = torch.randn(2, 3, 224, 224, device="cuda", dtype=torch.bfloat16)
     from threethings_fast.fused.forward import vit_forward
     compiled = torch.compile(lambda im: vit_forward(fused.ops, fused.weights, im), fullgraph=False)
-    torch.testing.assert_close(compiled(x), fused(x), rtol=0, atol=0)
+    # Inductor re-autotunes user kernels and may pick another tile (another summation order): not bit-equal.
+    torch.testing.assert_close(compiled(x), fused(x), rtol=2e-2, atol=2e-2)

@@ -8,12 +8,21 @@ Transformers" (Touvron et al., ECCV 2022).
     fused = ttf.convert(model)                               # folded inference model
     logits = fused(images)
 """
-from .api import create_model
-from .checkpoint import CheckpointError, detect_layout, export_state_dict, infer_config, load_state_dict
-from .configs import ViTConfig, from_name, list_models
-from .convert import convert
-from .fused import FusedViT
-from .macs import count_macs
+import os as _os
+
+# Run from a source checkout without installing (PYTHONPATH=repo): map the top-level triton_kernels/ folder in as
+# threethings_fast.triton_kernels, as an install does through setuptools' package-dir.
+_ROOT = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
+if _os.path.isfile(_os.path.join(_ROOT, "pyproject.toml")) and _os.path.isdir(_os.path.join(_ROOT, "triton_kernels")):
+    __path__.append(_ROOT)  # noqa: F821  (the package's own __path__)
+
+from .api import create_model  # noqa: E402
+from .checkpoint import (CheckpointError, detect_layout, export_state_dict, infer_config,  # noqa: E402
+                         load_state_dict)
+from .configs import ViTConfig, from_name, list_models  # noqa: E402
+from .convert import convert  # noqa: E402
+from .fused import FusedViT  # noqa: E402
+from .macs import count_macs  # noqa: E402
 
 __version__ = "0.1.0"
 

@@ -216,6 +216,31 @@ _triton_op = getattr(torch.library, "triton_op", None)
 _wrap_triton = getattr(torch.library, "wrap_triton", None) or getattr(torch.library, "capture_triton", None)
 
 
+def autotune_enabled() -> bool:
+    """False when TTF_TRITON_AUTOTUNE=0: every launcher then runs the first config of its list without tuning —
+    one compile per kernel variant instead of one per config, for test runs on a GPU with little time."""
+    return os.environ.get("TTF_TRITON_AUTOTUNE", "1") != "0"
+
+
+def _short_bench(kernel_call, quantiles):
+    # Triton's default spends 25 ms warm-up + 100 ms per config and shape; a few ms separate these configs.
+    return triton.testing.do_bench(kernel_call, warmup=5, rep=20, quantiles=quantiles)
+
+
+def autotuned(kernel, configs: Sequence, key: Sequence[str]):
+    """``triton.autotune`` over ``configs`` with a short timing per config."""
+    return triton.autotune(configs=list(configs), key=list(key), do_bench=_short_bench)(kernel)
+
+
+def tuned_or_first(tuned) -> tuple:
+    """(kernel, meta) to launch: the autotuner with no meta, or — with TTF_TRITON_AUTOTUNE=0 — its plain kernel with
+    the first config's meta-parameters."""
+    if autotune_enabled():
+        return tuned, {}
+    first = tuned.configs[0]
+    return tuned.fn, {**first.kwargs, "num_warps": first.num_warps, "num_stages": first.num_stages}
+
+
 def wrap_triton(kernel):
     """``torch.library.wrap_triton(kernel)`` where available, else the kernel itself.
 

@@ -32,8 +32,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (check_out, check_tensor, device_guard, interpreter_active, next_power_of_2, register_op,
-                      skip_launch, wrap_triton)
+from ._common import (autotuned, check_out, check_tensor, device_guard, interpreter_active, next_power_of_2,
+                      register_op, skip_launch, tuned_or_first, wrap_triton)
 
 __all__ = ["attention", "attention_ref", "SUPPORTED_HEAD_DIMS"]
 
@@ -140,7 +140,7 @@ _CONFIGS = [
     _config(64, 64, 4, 3),
     _config(64, 32, 4, 4),
 ]
-_attention_kernel_tuned = triton.autotune(configs=_CONFIGS, key=["N", "HEAD_DIM"])(_attention_kernel)
+_attention_kernel_tuned = autotuned(_attention_kernel, _CONFIGS, ["N", "HEAD_DIM"])
 
 #: fp32 operands (accuracy path, IEEE dots without tensor cores): one config that fits shared memory for every
 #: head_dim, no autotuning (each fp32 variant takes 10-100 s to compile).
@@ -164,7 +164,7 @@ def _attention_launch(qkv: torch.Tensor, o: torch.Tensor, num_heads: int, head_d
     elif qkv.dtype == torch.float32:
         kernel, meta = _attention_kernel, dict(_FP32_META)
     else:
-        kernel, meta = _attention_kernel_tuned, {}
+        kernel, meta = tuned_or_first(_attention_kernel_tuned)
     with device_guard(qkv):
         wrap_triton(kernel)[grid](
             qkv, o,

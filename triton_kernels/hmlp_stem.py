@@ -55,8 +55,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (FLOAT_DTYPES, check_out, check_same_device, check_tensor, device_guard, interpreter_active,
-                      next_power_of_2, register_op, skip_launch, wrap_triton)
+from ._common import (FLOAT_DTYPES, autotuned, check_out, check_same_device, check_tensor, device_guard,
+                      interpreter_active, next_power_of_2, register_op, skip_launch, tuned_or_first, wrap_triton)
 
 __all__ = ["HMLPStemWeights", "prepare_hmlp_stem", "hmlp_stem", "hmlp_stem_ref", "resolve_masking", "split_hidden"]
 
@@ -367,21 +367,21 @@ def _hmlp_stem_kernel(
 # host (tests/test_sm90_compile.py, triton 3.9 ptxas): shared memory for E = 768 is 80 KB (BLOCK_P 16) .. 135 KB
 # (64), for E = 1024 up to 168 KB; the BLOCK_P = 64 / 8-warp config hits 255 registers and spills (E = 768: ~0.9 KB
 # per thread BN, ~2 KB LN), the BLOCK_P = 16 one barely (40 B). The autotuner weighs that on the GPU; if the
-# spilling config loses, drop it. BLOCK_P is the M of every tl.dot: 64 lets Triton use Hopper wgmma, 16/32 get mma.sync. The four h2 tiles
-# cost 4·BLOCK_P·C4·2 B of registers (E = 768: 96 KB at BLOCK_P = 64, spread over 8 warps). BLOCK_E bounds the
-# stage-3 accumulator and the W3 slice staged per dot. The kernel is large: each config compiles in ~10-50 s, so
+# spilling config loses, drop it. BLOCK_P is the M of every tl.dot: 64 lets Triton use Hopper wgmma, 16/32 get
+# mma.sync. The four h2 tiles cost 4·BLOCK_P·C4·2 B of registers (E = 768: 96 KB at BLOCK_P = 64, spread over 8
+# warps). BLOCK_E bounds the stage-3 accumulator and the W3 slice staged per dot. The kernel is large: each config compiles in ~10-50 s, so
 # the lists are short and picked by row count (like linear.py) instead of one long list.
 def _config(bp, be, warps, stages=1):
     return triton.Config({"BLOCK_P": bp, "BLOCK_E": be}, num_warps=warps, num_stages=stages)
 
 
-_CONFIGS_LARGE = [_config(64, 128, 8), _config(64, 64, 8), _config(64, 128, 4)]
+_CONFIGS_LARGE = [_config(64, 64, 8), _config(64, 128, 8), _config(64, 128, 4)]  # first: fewest spills
 _CONFIGS_SMALL = [_config(16, 128, 4), _config(32, 128, 4)]
 #: Row counts (patches computed) at or below this use the small-tile list: ~10 images at 224 px.
 SMALL_R = 2048
 _KEY = ["R", "E", "C4", "IS_LN", "BEIT"]
-_hmlp_stem_kernel_large = triton.autotune(configs=_CONFIGS_LARGE, key=_KEY)(_hmlp_stem_kernel)
-_hmlp_stem_kernel_small = triton.autotune(configs=_CONFIGS_SMALL, key=_KEY)(_hmlp_stem_kernel)
+_hmlp_stem_kernel_large = autotuned(_hmlp_stem_kernel, _CONFIGS_LARGE, _KEY)
+_hmlp_stem_kernel_small = autotuned(_hmlp_stem_kernel, _CONFIGS_SMALL, _KEY)
 
 #: The single config used under the interpreter (autotuning there would re-run the interpreted kernel per config).
 #: Tests lower BLOCK_E to exercise the several-chunk paths at tiny E.
@@ -615,9 +615,9 @@ def _hmlp_stem_launch(images, w1, b1, w2, b2, w3, b3, ln_w, ln_b, ln3_w, ln3_b, 
     if interpreter_active():
         kernel, meta = _hmlp_stem_kernel, dict(_INTERPRETER_META)
     elif R <= SMALL_R:
-        kernel, meta = _hmlp_stem_kernel_small, {}
+        kernel, meta = tuned_or_first(_hmlp_stem_kernel_small)
     else:
-        kernel, meta = _hmlp_stem_kernel_large, {}
+        kernel, meta = tuned_or_first(_hmlp_stem_kernel_large)
     with device_guard(images):
         wrap_triton(kernel)[grid](
             images, w1, b1, w2, b2, w3, b3,

@@ -29,8 +29,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (FLOAT_DTYPES, check_out, check_same_device, check_tensor, device_guard, interpreter_active,
-                      register_op, skip_launch, wrap_triton)
+from ._common import (FLOAT_DTYPES, autotuned, check_out, check_same_device, check_tensor, device_guard,
+                      interpreter_active, register_op, skip_launch, tuned_or_first, wrap_triton)
 
 __all__ = ["linear", "linear_ref", "ACTIVATIONS"]
 
@@ -133,8 +133,8 @@ _CONFIGS_SMALL_M = [
 #: M at or below this uses the small-tile list (1-2 images at 224 px).
 SMALL_M = 512
 
-_linear_kernel_large = triton.autotune(configs=_CONFIGS_LARGE_M, key=["M", "N", "K"])(_linear_kernel)
-_linear_kernel_small = triton.autotune(configs=_CONFIGS_SMALL_M, key=["M", "N", "K"])(_linear_kernel)
+_linear_kernel_large = autotuned(_linear_kernel, _CONFIGS_LARGE_M, ["M", "N", "K"])
+_linear_kernel_small = autotuned(_linear_kernel, _CONFIGS_SMALL_M, ["M", "N", "K"])
 
 #: fp32 operands (IEEE or tf32): one conservative config, (64·32 + 32·64)·4 B = 16 KB per stage. The bf16 tile
 #: lists would need 2x the shared memory in fp32: 128x256x64 x 3 stages is 288 KB, over the 227 KB an H100 block
@@ -168,9 +168,9 @@ def _linear_launch(x2: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.
     elif x2.dtype == torch.float32:
         kernel, meta = _linear_kernel, dict(_FP32_META)
     elif M <= SMALL_M:
-        kernel, meta = _linear_kernel_small, {}
+        kernel, meta = tuned_or_first(_linear_kernel_small)
     else:
-        kernel, meta = _linear_kernel_large, {}
+        kernel, meta = tuned_or_first(_linear_kernel_large)
     with device_guard(x2):
         wrap_triton(kernel)[grid](
             x2, weight, b_arg, r_arg, y2,

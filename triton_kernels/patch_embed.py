@@ -23,10 +23,10 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (FLOAT_DTYPES, check_out, check_same_device, check_tensor, device_guard, interpreter_active,
-                      register_op, skip_launch, wrap_triton)
-from .hmlp_stem import (_flat_pos, _flat_vector, _patch_rows, _select_tokens, _token_rows, _write_extra_rows, check_stem_inputs,
-                        resolve_masking, row_order)
+from ._common import (FLOAT_DTYPES, autotuned, check_out, check_same_device, check_tensor, device_guard,
+                      interpreter_active, register_op, skip_launch, tuned_or_first, wrap_triton)
+from .hmlp_stem import (_flat_pos, _flat_vector, _patch_rows, _select_tokens, _token_rows, _write_extra_rows,
+                        check_stem_inputs, resolve_masking, row_order)
 
 __all__ = ["patch_embed", "patch_embed_ref"]
 
@@ -106,7 +106,7 @@ _CONFIGS = [
     _config(64, 64, 64, 4, 3),
     _config(32, 64, 64, 4, 3),
 ]
-_patch_embed_kernel_tuned = triton.autotune(configs=_CONFIGS, key=["R", "E", "K"])(_patch_embed_kernel)
+_patch_embed_kernel_tuned = autotuned(_patch_embed_kernel, _CONFIGS, ["R", "E", "K"])
 _INTERPRETER_META = {"BLOCK_P": 16, "BLOCK_E": 32, "BLOCK_K": 64}
 
 
@@ -132,7 +132,7 @@ def _patch_embed_launch(images, weight, bias, patch, pos, cls, visible_idx, mask
     if interpreter_active():
         kernel, meta = _patch_embed_kernel, dict(_INTERPRETER_META)
     else:
-        kernel, meta = _patch_embed_kernel_tuned, {}
+        kernel, meta = tuned_or_first(_patch_embed_kernel_tuned)
     with device_guard(images):
         wrap_triton(kernel)[grid](
             images, weight, bias if bias is not None else dummy,

@@ -23,7 +23,6 @@ class CUDAGraphViT:
         self.fused = fused
         cfg = fused.config
         self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
-        self._pool = None
         for b in sorted(set(int(b) for b in batch_sizes)):
             if b < 1:
                 raise ValueError(f"batch sizes must be >= 1, got {b}")
@@ -36,9 +35,10 @@ class CUDAGraphViT:
                     fused(static_in)
             torch.cuda.current_stream(fused.device).wait_stream(stream)
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self._pool):
+            # One memory pool per batch size: graphs sharing a pool are only safe when replayed in capture order,
+            # and a user alternating sizes would see one size's output overwritten by another's scratch.
+            with torch.cuda.graph(graph):
                 static_out = fused(static_in)
-            self._pool = graph.pool()
             self._graphs[b] = (graph, static_in, static_out)
 
     @property

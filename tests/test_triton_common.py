@@ -1,0 +1,23 @@
+"""Launcher plumbing shared by the Triton ops (no kernel runs here)."""
+import importlib
+
+import pytest
+
+pytest.importorskip("triton")
+common = importlib.import_module("threethings_fast.triton_kernels._common")
+linear_mod = importlib.import_module("threethings_fast.triton_kernels.linear")
+
+
+def test_tuned_or_first_uses_the_autotuner_by_default(monkeypatch):
+    monkeypatch.delenv("TTF_TRITON_AUTOTUNE", raising=False)
+    kernel, meta = common.tuned_or_first(linear_mod._linear_kernel_large)
+    assert kernel is linear_mod._linear_kernel_large and meta == {}
+
+
+def test_tuned_or_first_without_autotuning_takes_the_first_config(monkeypatch):
+    monkeypatch.setenv("TTF_TRITON_AUTOTUNE", "0")
+    tuned = linear_mod._linear_kernel_large
+    kernel, meta = common.tuned_or_first(tuned)
+    first = linear_mod._CONFIGS_LARGE_M[0]
+    assert kernel is tuned.fn
+    assert meta == {**first.kwargs, "num_warps": first.num_warps, "num_stages": first.num_stages}
