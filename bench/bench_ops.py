@@ -63,7 +63,22 @@ def _tk():
     return tk
 
 
+def _raise_recompile_limit():
+    # dynamic=False compiles one graph per shape and argument set: linear_ref alone sees 4 GEMMs × 4 setups here, past
+    # dynamo's default recompile limit of 8, beyond which it silently runs the function eagerly — the `compile`
+    # numbers would be eager ones. (bench_model.py and the profiler raise it the same way.)
+    cfg = torch._dynamo.config
+    for attr in ("recompile_limit", "cache_size_limit"):
+        if hasattr(cfg, attr):
+            setattr(cfg, attr, max(64, getattr(cfg, attr)))
+    if hasattr(cfg, "accumulated_recompile_limit"):
+        cfg.accumulated_recompile_limit = max(1024, cfg.accumulated_recompile_limit)
+    if hasattr(cfg, "accumulated_cache_size_limit"):
+        cfg.accumulated_cache_size_limit = max(1024, cfg.accumulated_cache_size_limit)
+
+
 def _compiled(fn):
+    _raise_recompile_limit()
     return torch.compile(fn, dynamic=False)
 
 

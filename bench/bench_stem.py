@@ -15,12 +15,17 @@ Providers per setup (E = 768, bf16 weights and images, 224 px, batch 64 and 256 
 Timing: triton.testing.do_bench (CUDA events, L2 flushed between reps), median and 20/80 % quantiles in ms.
 Derived: TFLOP/s = 2·MACs / t with MACs = B·N·(2E² + 192E) for hMLP (B·N·768·E linear), counted on the
 unpadded, visible work; GB/s = (image bytes + token bytes) / t.
+Order: fused_bn, torch_bn_nchw, fused_linear, torch_linear first (the headline pairs), then the variants,
+torch.compile last. The JSON ({"meta", "results"}) is rewritten after every row, so a run cut short by a time limit
+keeps what it measured: meta.complete is true only for a finished run, meta.interrupted after SIGINT / Ctrl-C
+(exit code 130). The one-call GPU suite runs `--batch 64` (and `--no-compile` when little time is left).
 Without CUDA it prints a message and exits 0.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
@@ -55,82 +60,97 @@ def main(argv=None) -> int:
 
     dev, dt, E, px = "cuda", torch.bfloat16, args.dim, args.img
     N = (px // 16) ** 2
-    torch.manual_seed(0)
-    stems = {k: HMLPStem(3, E, norm=k).to(dev).eval() for k in ("bn", "ln")}
-    prepared = {k: prepare_hmlp_stem(fold_stem(s), dt, dev) for k, s in stems.items()}
-    stems_lp = {k: HMLPStem(3, E, norm=k).to(dev).eval() for k in ("bn", "ln")}
-    for k in stems_lp:
-        stems_lp[k].load_state_dict(stems[k].state_dict())
-        stems_lp[k].to(dt)
-    stem_cl = HMLPStem(3, E, norm="bn").to(dev).eval()
-    stem_cl.load_state_dict(stems["bn"].state_dict())
-    stem_cl = stem_cl.to(dt).to(memory_format=torch.channels_last)
-    lin = PatchEmbed(16, 3, E).to(dev).eval().to(dt)
-    lin_w = lin.proj.weight.detach().reshape(E, -1).contiguous()
-    lin_b = lin.proj.bias.detach().float()
-    compiled = {}
-    if not args.no_compile:
-        compiled = {k: torch.compile(stems_lp[k]) for k in ("bn", "ln")}
-
-    results = []
-    for B in args.batch:
-        x = torch.randn(B, 3, px, px, device=dev, dtype=dt)
-        x_cl = x.contiguous(memory_format=torch.channels_last)
-        n_vis = N // 4
-        idx = torch.rand(B, N, device=dev).argsort(1)[:, :n_vis].contiguous()
-        beit_mask = torch.rand(B, N, device=dev) < 0.4
-        token = torch.randn(E, device=dev, dtype=dt)
-        img_bytes = x.numel() * x.element_size()
-        tok_bytes = B * N * E * 2
-        full_macs = _macs_hmlp(B * N, E)
-        providers = {
-            "fused_bn": (lambda: hmlp_stem(x, prepared["bn"]), full_macs, img_bytes + tok_bytes),
-            "fused_ln": (lambda: hmlp_stem(x, prepared["ln"]), full_macs, img_bytes + tok_bytes),
-            "fused_bn_cl": (lambda: hmlp_stem(x_cl, prepared["bn"]), full_macs, img_bytes + tok_bytes),
-            "fused_bn_mae75": (lambda: hmlp_stem(x, prepared["bn"], visible_idx=idx), _macs_hmlp(B * n_vis, E),
-                               (img_bytes + tok_bytes) // 4),
-            "fused_bn_beit40": (lambda: hmlp_stem(x, prepared["bn"], mask=beit_mask, mask_token=token),
-                                _macs_hmlp(int(B * N * 0.6), E), img_bytes * 6 // 10 + tok_bytes),
-            "torch_bn_nchw": (lambda: stems_lp["bn"](x), full_macs, img_bytes + tok_bytes),
-            "torch_bn_cl": (lambda: stem_cl(x_cl), full_macs, img_bytes + tok_bytes),
-            "torch_ln_nchw": (lambda: stems_lp["ln"](x), full_macs, img_bytes + tok_bytes),
-            "torch_bn_mae75": (lambda: stems_lp["bn"].forward_masked(x, visible_idx=idx), _macs_hmlp(B * n_vis, E),
-                               (img_bytes + tok_bytes) // 4),
-            "fused_linear": (lambda: patch_embed(x, lin_w, lin_b), B * N * 768 * E, img_bytes + tok_bytes),
-            "torch_linear": (lambda: lin(x), B * N * 768 * E, img_bytes + tok_bytes),
-        }
-        for k, f in compiled.items():
-            providers[f"compile_{k}"] = ((lambda f=f: f(x)), full_macs, img_bytes + tok_bytes)
-        for name, (fn, macs, nbytes) in providers.items():
-            with torch.no_grad():
-                try:
-                    t0 = time.time()
-                    fn()  # autotune / compile outside the timed region
-                    torch.cuda.synchronize()
-                    first_call_s = time.time() - t0
-                    med, q20, q80 = do_bench(fn, warmup=25, rep=200, quantiles=[0.5, 0.2, 0.8])
-                except Exception as exc:  # keep the other providers' numbers
-                    print(f"B={B:4d} {name:18s} FAILED: {type(exc).__name__}: {exc}", file=sys.stderr)
-                    results.append({"batch": B, "provider": name, "error": f"{type(exc).__name__}: {exc}"})
-                    continue
-            row = {"batch": B, "provider": name, "ms_median": med, "ms_q20": q20, "ms_q80": q80,
-                   "macs": macs, "bytes": nbytes, "tflops": 2 * macs / med / 1e9, "gbps": nbytes / med / 1e6,
-                   "first_call_s": first_call_s}
-            results.append(row)
-            print(f"B={B:4d} {name:18s} {med:8.4f} ms  [{q20:.4f}, {q80:.4f}]  {row['tflops']:7.1f} TFLOP/s  "
-                  f"{row['gbps']:7.1f} GB/s")
-
     meta = {
         "device": torch.cuda.get_device_name(), "capability": list(torch.cuda.get_device_capability()),
         "torch": torch.__version__, "triton": triton.__version__, "cuda": torch.version.cuda,
-        "python": platform.python_version(), "embed_dim": E, "img": px, "dtype": str(dt),
+        "python": platform.python_version(), "embed_dim": E, "img": px, "dtype": str(dt), "batches": args.batch,
         "timing": "triton.testing.do_bench(warmup=25, rep=200), quantiles 0.5/0.2/0.8, ms",
+        "complete": False, "interrupted": False,
     }
-    with open(args.out, "w") as fh:
-        json.dump({"meta": meta, "results": results}, fh, indent=1)
+    results = []
+
+    def write():   # after every row: a run cut short (time limit, Ctrl-C) keeps every row measured so far
+        tmp = args.out + ".tmp"
+        with open(tmp, "w") as fh:
+            json.dump({"meta": meta, "results": results}, fh, indent=1)
+        os.replace(tmp, args.out)
+
+    write()
+    try:
+        torch.manual_seed(0)
+        stems = {k: HMLPStem(3, E, norm=k).to(dev).eval() for k in ("bn", "ln")}
+        prepared = {k: prepare_hmlp_stem(fold_stem(s), dt, dev) for k, s in stems.items()}
+        stems_lp = {k: HMLPStem(3, E, norm=k).to(dev).eval() for k in ("bn", "ln")}
+        for k in stems_lp:
+            stems_lp[k].load_state_dict(stems[k].state_dict())
+            stems_lp[k].to(dt)
+        stem_cl = HMLPStem(3, E, norm="bn").to(dev).eval()
+        stem_cl.load_state_dict(stems["bn"].state_dict())
+        stem_cl = stem_cl.to(dt).to(memory_format=torch.channels_last)
+        lin = PatchEmbed(16, 3, E).to(dev).eval().to(dt)
+        lin_w = lin.proj.weight.detach().reshape(E, -1).contiguous()
+        lin_b = lin.proj.bias.detach().float()
+        compiled = {}
+        if not args.no_compile:
+            compiled = {k: torch.compile(stems_lp[k]) for k in ("bn", "ln")}
+
+        for B in args.batch:
+            x = torch.randn(B, 3, px, px, device=dev, dtype=dt)
+            x_cl = x.contiguous(memory_format=torch.channels_last)
+            n_vis = N // 4
+            idx = torch.rand(B, N, device=dev).argsort(1)[:, :n_vis].contiguous()
+            beit_mask = torch.rand(B, N, device=dev) < 0.4
+            token = torch.randn(E, device=dev, dtype=dt)
+            img_bytes = x.numel() * x.element_size()
+            tok_bytes = B * N * E * 2
+            full_macs = _macs_hmlp(B * N, E)
+            vis_macs, vis_bytes = _macs_hmlp(B * n_vis, E), (img_bytes + tok_bytes) // 4
+            # The headline pairs first (a run cut short keeps them), then the variants, torch.compile last.
+            providers = {
+                "fused_bn": (lambda: hmlp_stem(x, prepared["bn"]), full_macs, img_bytes + tok_bytes),
+                "torch_bn_nchw": (lambda: stems_lp["bn"](x), full_macs, img_bytes + tok_bytes),
+                "fused_linear": (lambda: patch_embed(x, lin_w, lin_b), B * N * 768 * E, img_bytes + tok_bytes),
+                "torch_linear": (lambda: lin(x), B * N * 768 * E, img_bytes + tok_bytes),
+                "fused_ln": (lambda: hmlp_stem(x, prepared["ln"]), full_macs, img_bytes + tok_bytes),
+                "torch_ln_nchw": (lambda: stems_lp["ln"](x), full_macs, img_bytes + tok_bytes),
+                "fused_bn_cl": (lambda: hmlp_stem(x_cl, prepared["bn"]), full_macs, img_bytes + tok_bytes),
+                "torch_bn_cl": (lambda: stem_cl(x_cl), full_macs, img_bytes + tok_bytes),
+                "fused_bn_mae75": (lambda: hmlp_stem(x, prepared["bn"], visible_idx=idx), vis_macs, vis_bytes),
+                "torch_bn_mae75": (lambda: stems_lp["bn"].forward_masked(x, visible_idx=idx), vis_macs, vis_bytes),
+                "fused_bn_beit40": (lambda: hmlp_stem(x, prepared["bn"], mask=beit_mask, mask_token=token),
+                                    _macs_hmlp(int(B * N * 0.6), E), img_bytes * 6 // 10 + tok_bytes),
+            }
+            for k, f in compiled.items():
+                providers[f"compile_{k}"] = ((lambda f=f: f(x)), full_macs, img_bytes + tok_bytes)
+            for name, (fn, macs, nbytes) in providers.items():
+                with torch.no_grad():
+                    try:
+                        t0 = time.time()
+                        fn()  # autotune / compile outside the timed region
+                        torch.cuda.synchronize()
+                        first_call_s = time.time() - t0
+                        med, q20, q80 = do_bench(fn, warmup=25, rep=200, quantiles=[0.5, 0.2, 0.8])
+                    except Exception as exc:  # keep the other providers' numbers
+                        print(f"B={B:4d} {name:18s} FAILED: {type(exc).__name__}: {exc}", file=sys.stderr)
+                        results.append({"batch": B, "provider": name, "error": f"{type(exc).__name__}: {exc}"})
+                        write()
+                        continue
+                row = {"batch": B, "provider": name, "ms_median": med, "ms_q20": q20, "ms_q80": q80,
+                       "macs": macs, "bytes": nbytes, "tflops": 2 * macs / med / 1e9, "gbps": nbytes / med / 1e6,
+                       "first_call_s": first_call_s}
+                results.append(row)
+                write()
+                print(f"B={B:4d} {name:18s} {med:8.4f} ms  [{q20:.4f}, {q80:.4f}]  {row['tflops']:7.1f} TFLOP/s  "
+                      f"{row['gbps']:7.1f} GB/s", flush=True)
+    except KeyboardInterrupt:   # SIGINT from `timeout -s INT` (bench/gpu_suite.sh) or Ctrl-C
+        meta["interrupted"] = True
+        write()
+        print(f"bench_stem: interrupted; {len(results)} rows in {args.out}", file=sys.stderr)
+        return 130
+    meta["complete"] = True
+    write()
     print(f"wrote {args.out}")
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -96,15 +96,59 @@ def test_chrome_trace(run):
     assert any(e.get("name", "").startswith("forward#") for e in events)
 
 
-def test_time_budget_skips_larger_batches(tmp_path):
-    args = ["--models", "tiny_2x1", "--batches", "1", "2", "4", "--reps", "1", "--warmup", "0", "--no-progress",
+def test_time_budget_skips_middle_batches_keeps_the_largest(tmp_path):
+    args = ["--models", "tiny_2x1", "--batches", "1", "2", "4", "--reps", "3", "--warmup", "0", "--no-progress",
             "--no-peak", "--no-plots", "--time-budget", "1e-6", "--providers", "reference", "--out", str(tmp_path)]
     assert main(args) == 0
     result = json.loads((tmp_path / "profile.json").read_text())
-    assert validate(result) == []
-    assert result["skipped_batches"] == [2, 4] and {r["batch"] for r in result["results"]} == {1}
+    assert validate(result) == [] and result["interrupted"] is False
+    # batch 1 runs (nothing measured yet), the largest always runs with 2 rounds, the middle is dropped
+    assert result["skipped_batches"] == [2] and {r["batch"] for r in result["results"]} == {1, 4}
+    assert [r["n"] for r in result["results"] if r["batch"] == 4] == [2]
     assert result["peak"] is None and result["files"]["plots"] == []
     assert os.path.exists(tmp_path / "profile.md")
+
+
+def test_budget_cost_model():
+    from threethings_fast.profile.sweep import Settings, estimate_round_s, plan_reps
+    # affine between measured batches, the next smaller round below them, linear above without a peak
+    assert estimate_round_s({1: 1.0, 9: 5.0}, 5) == pytest.approx(3.0)
+    assert estimate_round_s({4: 2.0}, 1) == 2.0
+    assert estimate_round_s({1: 0.1}, 256) == pytest.approx(25.6)
+    # with a peak: launch-bound batch 1 (0.1 s for 1 GFLOP at 100 TFLOP/s) is not scaled ×256
+    est = estimate_round_s({1: 0.1}, 256, flops_per_round_image=1e9, peak_tflops=100.0)
+    assert est == pytest.approx(0.1 + 256 * 1e9 / (0.2 * 100e12))
+    # CPU-like: compute-bound at batch 1, linear is the smaller estimate
+    assert estimate_round_s({1: 0.1}, 8, flops_per_round_image=1e9, peak_tflops=0.01) == pytest.approx(0.8)
+
+    s = Settings(models=[], batches=[1, 8, 64, 256], providers=[], device="cpu", dtype=None, warmup=3, reps=20)
+    # batch 1 spent 120 s compiling: later batches pay the smallest set-up seen, not batch 1's compiles again
+    measured, excess = {1: 0.1, 256: 1.0}, {1: 120.0, 256: 4.0}
+    assert plan_reps(measured, excess, 64, False, s, 30.0) == 20
+    assert plan_reps(measured, excess, 64, False, s, 4.5) == 0            # does not fit: skipped
+    assert plan_reps({1: 0.1}, {1: 120.0}, 256, True, s, 5.0) == 2       # the largest always runs, 2 rounds
+    assert plan_reps({}, {}, 1, False, s, 0.0) == 20                      # nothing measured yet
+
+
+def test_interrupt_still_writes_the_partial_profile(tmp_path, monkeypatch):
+    import threethings_fast.profile.sweep as sweep
+    real, calls = sweep.time_interleaved, {"n": 0}
+
+    def interrupted_after_a_few(*a, **kw):
+        calls["n"] += 1
+        if calls["n"] > 5:   # batch 1: 2 rounds × 2 providers, then the first call of batch 2
+            raise KeyboardInterrupt
+        return real(*a, **kw)
+
+    monkeypatch.setattr(sweep, "time_interleaved", interrupted_after_a_few)
+    args = ["--models", "tiny_2x1", "--batches", "1", "2", "--reps", "2", "--warmup", "0", "--no-progress",
+            "--no-peak", "--no-plots", "--providers", "reference", "fused[torch]", "--trace", "--out", str(tmp_path)]
+    assert main(args) == 130
+    result = json.loads((tmp_path / "profile.json").read_text())
+    assert validate(result) == [] and result["interrupted"] is True and result["trace"] is None
+    rows = {(r["provider"], r["batch"]): r["n"] for r in result["results"]}
+    assert rows == {("reference", 1): 2, ("fused[torch]", 1): 2, ("reference", 2): 1}   # batch 2's sample is kept
+    assert "interrupted" in (tmp_path / "profile.md").read_text()
 
 
 def test_validate_reports_problems(run):

@@ -386,6 +386,7 @@ def test_hmlp_stem_gpu(E, norm, dtype, B, px):
 
 @pytest.mark.parametrize("dtype", DTYPES_GPU)
 @pytest.mark.gpu
+@pytest.mark.slow
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
 def test_masked_and_linear_gpu(dtype):
     E, B, N = 768, 64, 196
@@ -403,6 +404,7 @@ def test_masked_and_linear_gpu(dtype):
 
 
 @pytest.mark.gpu
+@pytest.mark.slow
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
 def test_opcheck_gpu():
     E = 384

@@ -311,12 +311,15 @@ def test_supported_head_dims():
 # torch.compile need real kernels (the interpreter runs outside tracing), so they are GPU-only.
 # ---------------------------------------------------------------------------------------------------------------
 def _opcheck_cases():
-    x, w, b, r = randn(5, 48), randn(24, 48, scale=0.15), randn(24), randn(5, 24)
+    # GPU: bf16, the model's dtype (fp32 would compile IEEE-precision kernels nothing else uses); interpreter: fp32.
+    dt = torch.bfloat16 if HAS_CUDA else torch.float32
+    x, w, b, r = (randn(5, 48, dtype=dt), randn(24, 48, dtype=dt, scale=0.15), randn(24, dtype=dt),
+                  randn(5, 24, dtype=dt))
     return [
         ("normalize", (x, 1e-6, None)),
         ("linear", (x, w, b, r, "gelu", None, False)),
         ("linear", (x.half(), w.half(), None, None, None, torch.float32, False)),
-        ("attention", (randn(1, 20, 3 * 2 * 32), 2, 32, 1.0)),
+        ("attention", (randn(1, 20, 3 * 2 * 32, dtype=dt), 2, 32, 1.0)),
     ]
 
 

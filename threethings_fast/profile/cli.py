@@ -10,6 +10,8 @@ Presets (any explicit option overrides its part of the preset):
     CPU  --full   S36x1 S18x2; batches 1 2 4 8 16 32 64; 1 + 5 rounds
     CUDA --quick  S36x1 S18x2 B36x1 B18x2; batches 1 4 16 64; 3 + 20 rounds; bfloat16
     CUDA --full   S36x1 S18x2 B36x1 B18x2; batches 1 2 4 ... 256; 5 + 30 rounds; bfloat16
+Ctrl-C (SIGINT) stops the sweep and still writes profile.json / profile.md with what was measured ("interrupted":
+true in the JSON, exit code 130).
 Providers by default: reference, branch_by_branch, fused[torch], and on CUDA fused[triton], fused[triton]+graph;
 --compile adds torch.compile of the reference (CUDA; one compilation per model and batch size: slow).
 """
@@ -60,7 +62,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="keep timing a batch size until this many seconds have passed (at most 50×reps rounds)")
     p.add_argument("--time-budget", type=float, default=-1.0, metavar="SECONDS",
                    help="skip batches (run order: smallest, largest, the rest) or time fewer rounds where the run "
-                        "would exceed this (0: no budget; default: the preset's)")
+                        "would exceed this; the largest batch always runs, with >= 2 rounds (0: no budget; "
+                        "default: the preset's)")
     p.add_argument("--out", default=None, help="output folder (default bench/results/profile_<device>)")
     p.add_argument("--trace", nargs="?", const="auto", default=None, metavar="MODEL:PROVIDER:BATCH",
                    help="also write a torch.profiler Chrome trace of one config (default: the first xK model, its "
@@ -144,6 +147,8 @@ def main(argv: Optional[list] = None) -> int:
         print(f.read())
     print(f"wrote {', '.join(os.path.join(out, p) for p in _listed(result['files']))}"
           + (f", {os.path.join(out, result['trace']['file'])}" if result.get("trace") else ""))
+    if result.get("interrupted"):
+        return 130   # the shell's code for SIGINT: the files hold a partial run
     return 1 if (result["errors"] and not result["results"]) else 0
 
 

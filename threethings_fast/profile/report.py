@@ -58,6 +58,9 @@ def header(result: dict) -> list[str]:
         lines.append(f"- measured peak: matmul {mm['n']}³ {mm['dtype']} **{mm['tflops']:.2f} TFLOP/s** (median "
                      f"{mm['tflops_median']:.2f}); copy {cp['bytes'] / 2 ** 20:.0f} MiB **{cp['gbps']:.0f} GB/s** "
                      f"(read + write)")
+    if result.get("interrupted"):
+        lines.append("- **interrupted (Ctrl-C or a time limit): partial results — batches and rounds after the "
+                     "interruption are missing**")
     if result["skipped_batches"]:
         lines.append(f"- **time budget reached: batches {result['skipped_batches']} not run**")
     return lines

@@ -28,6 +28,8 @@ unless the key says otherwise (``_ms``). Every field below is always present.
     trace         None or {model, provider: str, batch: int, iterations: int, file: str, wall_s: float,
                    ops_per_forward: float, kernels_per_forward: float|None, device_busy_fraction: float|None}
     files         {json: str, markdown: str, plots: [str]}   paths written (relative to --out)
+    interrupted   bool    the run was cut short (Ctrl-C / SIGINT, e.g. a time limit): results hold what was measured
+                          until then. Optional: files written before this field existed lack it (read: false)
 """
 from __future__ import annotations
 
@@ -108,4 +110,6 @@ def validate(result: dict) -> list[str]:
     if result["trace"] is not None:
         _check(result["trace"], TRACE, "$.trace", errors)
     _check(result["files"], FILES, "$.files", errors)
+    if not isinstance(result.get("interrupted", False), bool):
+        errors.append("$.interrupted: expected a bool")
     return errors
