@@ -132,7 +132,7 @@ def test_budget_cost_model():
 
 def test_interrupt_still_writes_the_partial_profile(tmp_path, monkeypatch):
     import threethings_fast.profile.sweep as sweep
-    real, calls = sweep.time_interleaved, {"n": 0}
+    real, calls = sweep.time_once, {"n": 0}
 
     def interrupted_after_a_few(*a, **kw):
         calls["n"] += 1
@@ -140,7 +140,7 @@ def test_interrupt_still_writes_the_partial_profile(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real(*a, **kw)
 
-    monkeypatch.setattr(sweep, "time_interleaved", interrupted_after_a_few)
+    monkeypatch.setattr(sweep, "time_once", interrupted_after_a_few)
     args = ["--models", "tiny_2x1", "--batches", "1", "2", "--reps", "2", "--warmup", "0", "--no-progress",
             "--no-peak", "--no-plots", "--providers", "reference", "fused[torch]", "--trace", "--out", str(tmp_path)]
     assert main(args) == 130

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 
 import torch
@@ -19,7 +18,7 @@ import torch
 from . import __version__
 from .api import create_model
 from .convert import convert
-from .timing import summarize, time_interleaved
+from .timing import device_name, summarize, time_interleaved
 
 DEFAULT_MODEL = "vit_small_patch16_18x2_224"
 
@@ -51,7 +50,7 @@ def run(args) -> dict:
     model = create_model(args.model).to(device=device, dtype=dtype).eval()
     fused = convert(model, backend=args.backend)
     cfg = model.config
-    result = {"model": args.model, "device": str(device), "device_name": _device_name(device),
+    result = {"model": args.model, "device": str(device), "device_name": device_name(device),
               "dtype": str(dtype).replace("torch.", ""), "backend": fused.backend, "torch": torch.__version__,
               "threethings_fast": __version__, "threads": torch.get_num_threads(), "batches": {}}
     try:
@@ -68,12 +67,6 @@ def run(args) -> dict:
             raw = time_interleaved(providers, device, warmup=1 if device.type == "cpu" else 5, reps=reps)
         result["batches"][batch] = {name: {"raw_s": t, **summarize(t)} for name, t in raw.items()}
     return result
-
-
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return platform.processor() or platform.machine()
 
 
 def format_table(result: dict) -> str:

@@ -4,7 +4,6 @@ from __future__ import annotations
 from typing import Mapping, Optional, Union
 
 import torch
-from torch import nn
 
 from .checkpoint import infer_config, load_state_dict
 from .configs import ViTConfig, from_name

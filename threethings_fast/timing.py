@@ -2,6 +2,7 @@
 CUDA work is timed with CUDA events after a synchronising warm-up; CPU work with perf_counter."""
 from __future__ import annotations
 
+import platform
 import statistics
 import time
 from typing import Callable, Mapping
@@ -9,7 +10,27 @@ from typing import Callable, Mapping
 import torch
 
 
-def _time_once(fn: Callable[[], object], device: torch.device) -> float:
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work (a no-op on the CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def device_name(device: torch.device) -> str:
+    """The GPU's name, or the CPU model for CPU runs."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def time_once(fn: Callable[[], object], device: torch.device) -> float:
     """Seconds for one call of fn."""
     if device.type == "cuda":
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -31,14 +52,13 @@ def time_interleaved(providers: Mapping[str, Callable[[], object]], device: torc
     for _ in range(warmup):
         for fn in providers.values():
             fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    sync(device)
     times: dict[str, list[float]] = {name: [] for name in providers}
     t_start = time.perf_counter()
     rounds = 0
     while rounds < reps or (time.perf_counter() - t_start < min_seconds and rounds < 50 * reps):
         for name, fn in providers.items():
-            times[name].append(_time_once(fn, device))
+            times[name].append(time_once(fn, device))
         rounds += 1
     return times
 

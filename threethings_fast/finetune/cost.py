@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from ..reference.model import VisionTransformer
+from ..timing import sync
 from .roles import _check_model, delta_keys, freeze, make_optimizer, summarize, train_mode
 
 
@@ -107,11 +108,6 @@ class CostTable:
         return "\n".join(lines)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _tensor_bytes(tensors) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
@@ -172,10 +168,10 @@ def measure_finetune_cost(model: VisionTransformer, images: torch.Tensor, labels
     for r in range(repeats):
         order = list(modes[r % len(modes):]) + list(modes[:r % len(modes)])
         for mode in order:
-            _sync(device)
+            sync(device)
             t0 = time.perf_counter()
             runs[mode][2]()
-            _sync(device)
+            sync(device)
             times[mode].append(1e3 * (time.perf_counter() - t0))
 
     rows = []
@@ -183,11 +179,11 @@ def measure_finetune_cost(model: VisionTransformer, images: torch.Tensor, labels
         m, opt, step = runs[mode]
         persistent = _tensor_bytes(m.state_dict().values()) + _optimizer_state_bytes(opt)
         if device.type == "cuda":
-            _sync(device)
+            sync(device)
             torch.cuda.reset_peak_memory_stats(device)
             before = torch.cuda.memory_allocated(device)
             step()
-            _sync(device)
+            sync(device)
             step_peak = torch.cuda.max_memory_allocated(device) - before
         else:
             step_peak = _cpu_step_peak(step)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..folding import fold_stem  # noqa: F401  (documented producer of the stem dict)
 from .weights import FusedWeights, cast_common
 
 

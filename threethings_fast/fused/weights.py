@@ -7,7 +7,6 @@ from typing import Any
 import torch
 
 from ..configs import ViTConfig
-from ..folding import FoldedBlock
 
 
 @dataclass
@@ -42,10 +41,6 @@ class FusedWeights:
             yield from (v for v in self.stem.values() if isinstance(v, torch.Tensor))
 
 
-def cast_block(block: FoldedBlock, dtype: torch.dtype, device) -> FoldedBlock:
-    return block.to(dtype=dtype, device=device)
-
-
 def cast_common(folded: dict, dtype: torch.dtype, device) -> dict:
     """The parts every backend stores the same way: class/pos embeddings, blocks, head."""
     def c(t):
@@ -53,7 +48,7 @@ def cast_common(folded: dict, dtype: torch.dtype, device) -> dict:
     return {
         "cls_pos": c(folded["cls_pos"]),
         "pos_patches": c(folded["pos_patches"]),
-        "blocks": [cast_block(b, dtype, device) for b in folded["blocks"]],
+        "blocks": [b.to(dtype=dtype, device=device) for b in folded["blocks"]],
         "head_w": c(folded["head_w"]),
         "head_b": c(folded["head_b"]),
     }

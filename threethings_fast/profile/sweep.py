@@ -30,7 +30,7 @@ from ..configs import ViTConfig, from_name
 from ..convert import convert
 from ..fused.backends import triton_available
 from ..macs import forward_flops
-from ..timing import measure_copy_bandwidth, measure_peak_matmul, summarize, time_interleaved
+from ..timing import device_name, measure_copy_bandwidth, measure_peak_matmul, summarize, sync, time_once
 from .schema import SCHEMA_VERSION
 
 PROVIDERS = ("reference", "branch_by_branch", "compile", "fused[torch]", "fused[triton]", "fused[triton]+graph")
@@ -187,19 +187,6 @@ def device_info(device: torch.device) -> dict:
     return info
 
 
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def versions() -> dict:
     try:
         import triton
@@ -208,11 +195,6 @@ def versions() -> dict:
         triton_version = None
     return {"python": platform.python_version(), "torch": torch.__version__, "triton": triton_version,
             "threethings_fast": __version__, "cuda": torch.version.cuda}
-
-
-def _sync(device: torch.device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -446,7 +428,7 @@ def _run_batch(settings, device, entries, plan, batch, reps, result, bar,
                 for key in list(calls):
                     try:
                         calls[key]()
-                        _sync(device)
+                        sync(device)
                     except Exception as exc:  # noqa: BLE001
                         _record_error(result, key[0], key[1], batch, exc)
                         del calls[key]
@@ -459,7 +441,7 @@ def _run_batch(settings, device, entries, plan, batch, reps, result, bar,
                                                and rounds < 50 * reps)):
                 for key in list(calls):  # round-robin: every provider once per round
                     try:
-                        raw[key] += time_interleaved({key: calls[key]}, device, warmup=0, reps=1)[key]
+                        raw[key].append(time_once(calls[key], device))
                     except Exception as exc:  # noqa: BLE001
                         _record_error(result, key[0], key[1], batch, exc)
                         del calls[key]

@@ -13,6 +13,7 @@ from typing import Optional
 
 import torch
 
+from ..timing import sync
 from .sweep import Settings, make_call, slug
 
 TRACE_ITERS = 3
@@ -55,13 +56,13 @@ def record_trace(settings: Settings, device: torch.device, entries, plan: dict, 
         fn, cleanup = make_call(entry, provider, images)
         for _ in range(2):
             fn()
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         with profile(activities=activities) as prof:
             for i in range(TRACE_ITERS):
                 with record_function(f"forward#{i}"):
                     fn()
-                _sync(device)
+                sync(device)
         wall = time.perf_counter() - t0
         cleanup()
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
@@ -91,8 +92,3 @@ def _device_time_us(e) -> float:
         return float(e.time_range.elapsed_us())
     except AttributeError:
         return 0.0
-
-
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)

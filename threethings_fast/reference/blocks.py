@@ -14,7 +14,6 @@ from typing import Optional
 
 import torch
 from torch import nn
-import torch.nn.functional as F
 
 from ..configs import ViTConfig
 
