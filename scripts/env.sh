@@ -6,6 +6,8 @@
 #   sees the system packages (--system-site-packages) and nothing is downloaded; only this package is installed.
 # - Otherwise (CPU machines, CI): torch==2.13.0 — pip finds the local CPU wheel; never let pip resolve a bare
 #   `torch`, which pulls several GB of CUDA packages — then triton and the test/bench tools from PyPI.
+#   TTF_TRITON_SPEC / TTF_NUMPY_SPEC pin other versions into another TTF_VENV (`make test-triton36`: the GPU
+#   image's Triton 3.6, whose interpreter needs numpy < 2.4).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${TTF_VENV:-.venv}"
@@ -22,9 +24,12 @@ if [ ! -x "$VENV/bin/python" ]; then
   fi
 fi
 VPY="$VENV/bin/python"
-STAMP="$VENV/.ttf-installed-$(cat pyproject.toml setup.py scripts/env.sh | sha256sum | cut -c1-16)"
+TRITON_SPEC="${TTF_TRITON_SPEC:-triton}"
+NUMPY_SPEC="${TTF_NUMPY_SPEC:-numpy}"
+STAMP="$VENV/.ttf-installed-$( (cat pyproject.toml setup.py scripts/env.sh; echo "$TRITON_SPEC $NUMPY_SPEC") \
+  | sha256sum | cut -c1-16)"
 if [ ! -f "$STAMP" ]; then
-  TOOLS="numpy pytest pytest-benchmark ninja matplotlib tqdm scikit-learn setuptools>=64 wheel"
+  TOOLS="$NUMPY_SPEC pytest pytest-benchmark ninja matplotlib tqdm scikit-learn setuptools>=64 wheel"
   if "$VPY" -c "import torch, triton" >/dev/null 2>&1; then
     # Offline GPU image: install only tools that are missing, and never touch torch/triton.
     for mod_pkg in numpy:numpy pytest:pytest pytest_benchmark:pytest-benchmark ninja:ninja matplotlib:matplotlib \
@@ -34,7 +39,7 @@ if [ ! -f "$STAMP" ]; then
         || echo "env: could not install $pkg (offline?); the features that need it will say so" >&2
     done
   else
-    "$VPY" -m pip install -q --disable-pip-version-check "torch==2.13.0" triton $TOOLS >&2
+    "$VPY" -m pip install -q --disable-pip-version-check "torch==2.13.0" "$TRITON_SPEC" $TOOLS >&2
   fi
   if ! "$VPY" -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e . >&2; then
     # Offline with an old setuptools (editable installs need >= 64): put the checkout on the path instead;

@@ -46,11 +46,14 @@ def sm90(tmp_path_factory):
     env.pop("TRITON_INTERPRET", None)
     # A fresh cache: every variant really goes through the compiler, and no stale binaries are read back.
     env["TRITON_CACHE_DIR"] = str(tmp_path_factory.mktemp("triton_cache"))
+    # The script imports the package from this checkout, installed or not (sys.path[0] would be tests/).
+    root = str(SCRIPT.parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
     jobs = max(1, min(4, os.cpu_count() or 1))
     cmd = [sys.executable, str(SCRIPT), "--jobs", str(jobs)]
     try:
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT_S, env=env,
-                             cwd=str(SCRIPT.parent.parent))
+                             cwd=root)
     except subprocess.TimeoutExpired as exc:
         pytest.fail(f"{' '.join(cmd)} did not finish in {TIMEOUT_S} s; stderr tail:\n{_tail(exc.stderr)}")
     lines = [json.loads(ln) for ln in res.stdout.splitlines() if ln.startswith("{")]

@@ -245,9 +245,11 @@ def wrap_triton(kernel):
     """``torch.library.wrap_triton(kernel)`` where available, else the kernel itself.
 
     Use it at every launch inside a registered op: ``wrap_triton(_my_kernel)[grid](...)``. Outside tracing it just
-    launches the kernel.
+    launches the kernel. Under the interpreter the kernel is returned as is: it is then not a ``JITFunction``, which
+    torch 2.11's ``wrap_triton`` rejects, and nothing interpreted can be traced into a graph anyway (fake tensors
+    never reach a launch: :func:`skip_launch`).
     """
-    if _wrap_triton is None:
+    if _wrap_triton is None or interpreter_active():
         return kernel
     return _wrap_triton(kernel)
 

@@ -44,7 +44,7 @@ def _patch_embed_kernel(
     mask_ptr,   # (B, N) uint8, 1 = masked (BEIT)
     out_ptr,    # (B, HAS_CLS + S, E), unit inner stride
     # sizes
-    R, S, N, WP, K,
+    R, S, N, WP,
     # strides
     s_ib, s_ic, s_ih, s_iw,
     s_we, s_wk,
@@ -53,7 +53,7 @@ def _patch_embed_kernel(
     s_pn, s_pe,
     s_ob, s_on,
     # meta-parameters
-    PATCH: tl.constexpr, E: tl.constexpr,
+    PATCH: tl.constexpr, E: tl.constexpr, K: tl.constexpr,  # K = C·p², fixed per model: constant trip count
     HAS_BIAS: tl.constexpr, HAS_POS: tl.constexpr, HAS_CLS: tl.constexpr, HAS_IDX: tl.constexpr,
     BEIT: tl.constexpr, DOT_PREC: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -139,14 +139,14 @@ def _patch_embed_launch(images, weight, bias, patch, pos, cls, visible_idx, mask
             pos if pos is not None else dummy, cls if cls is not None else dummy,
             mask_token if mask_token is not None else dummy,
             idx if idx is not None else dummy, mask_u8 if mask_u8 is not None else dummy, out,
-            R, S, N, Wp, K,
+            R, S, N, Wp,
             images.stride(0), images.stride(1), images.stride(2), images.stride(3),
             weight.stride(0), weight.stride(1),
             idx.stride(0) if idx is not None else 0, idx.stride(1) if idx is not None else 0,
             mask_u8.stride(0) if mask_u8 is not None else 0, mask_u8.stride(1) if mask_u8 is not None else 0,
             pos.stride(0) if pos is not None else 0, pos.stride(1) if pos is not None else 0,
             out.stride(0), out.stride(1),
-            PATCH=patch, E=E,
+            PATCH=patch, E=E, K=K,
             HAS_BIAS=bias is not None, HAS_POS=pos is not None, HAS_CLS=cls is not None,
             HAS_IDX=idx is not None, BEIT=mask is not None, DOT_PREC="ieee",
             **meta,
