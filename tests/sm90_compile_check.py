@@ -137,7 +137,7 @@ def build_variants() -> list[Variant]:
             kernel="_attention_kernel",
             consts=dict(meta_, HEAD_DIM=d, D_PAD=1 << (d - 1).bit_length(), INPUT_PRECISION="ieee"),
             ptrs=dict(qkv_ptr=f"*{dt}", o_ptr=f"*{dt}"), num_warps=warps_, num_stages=stages_, floats=("qk_scale",),
-            not_div16=("N", "H"), tensor_cores=dt != "fp32", cost=3.0 if d == 64 else 5.0))
+            not_div16=("N", "H", "WORK_BUCKET"), tensor_cores=dt != "fp32", cost=3.0 if d == 64 else 5.0))
 
     # hmlp_stem: ViT-B (E = 768); fp32 images, bf16 weights and tokens, position embedding and class token (the model
     # path). BN and LN with the first config of the large-batch list (BLOCK_P 64: wgmma; LN at E = 768 > BLOCK_E
@@ -172,8 +172,8 @@ def build_variants() -> list[Variant]:
     out.append(Variant(
         name=f"patch_embed/bf16/E{E}/{meta['BLOCK_P']}x{meta['BLOCK_E']}x{meta['BLOCK_K']}w{warps}s{stages}",
         module="patch_embed", kernel="_patch_embed_kernel",
-        consts=dict(meta, PATCH=16, E=E, HAS_BIAS=True, HAS_POS=True, HAS_CLS=True, HAS_IDX=False, BEIT=False,
-                    DOT_PREC="ieee"),
+        consts=dict(meta, PATCH=16, E=E, K=3 * 16 * 16, HAS_BIAS=True, HAS_POS=True, HAS_CLS=True, HAS_IDX=False,
+                    BEIT=False, DOT_PREC="ieee"),
         ptrs=pe_ptrs, num_warps=warps, num_stages=stages, ones=("s_iw", "s_wk", "s_pe"),
         not_div16=("R", "S", "N", "WP"), tensor_cores=True, cost=6.0))
     return out
@@ -189,6 +189,9 @@ def _signature(fn, consts: dict, ptrs: dict, floats=(), ones=(), not_div16=()):
     if unknown:
         raise ValueError(f"{fn.__name__} has no argument(s) {sorted(unknown)}; arguments: {names}")
     consts = dict(consts, **{n: 1 for n in ones})
+    unset = [n for n, p in zip(names, fn.params) if p.is_constexpr and n not in consts]
+    if unset:
+        raise ValueError(f"{fn.__name__}: constexpr argument(s) {unset} need a value in the variant's consts")
     sig, attrs = {}, {}
     for i, n in enumerate(names):
         if n in consts:

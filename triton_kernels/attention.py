@@ -82,6 +82,7 @@ def _attention_kernel(
     o_ptr,    # (B, N, H·HEAD_DIM) output
     # sizes
     N, H,
+    WORK_BUCKET,  # unused by the body: autotune key only (see _work_bucket)
     # strides
     stride_qkv_b, stride_qkv_n,
     stride_o_b, stride_o_n,
@@ -128,7 +129,9 @@ def _attention_kernel(
 
 
 # GPU configs (H100): BLOCK_M 128 with 8 warps is the usual sweet spot for d = 64; 64-row tiles halve the query
-# padding waste at N = 197 / 50 and give more programs at small batch. Keyed on N and the head dim.
+# padding waste at N = 197 / 50 and give more programs at small batch. Keyed on N, the head dim and the bucketed
+# number of (image, head) pairs: at batch 1 an S18x2 layer has 24 of them, 48 programs of 128 rows for 132 SMs,
+# where the smaller tiles should win; at batch 256, thousands, where the larger ones should.
 def _config(bm, bn, warps, stages):
     return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=warps, num_stages=stages)
 
@@ -140,7 +143,15 @@ _CONFIGS = [
     _config(64, 64, 4, 3),
     _config(64, 32, 4, 4),
 ]
-_attention_kernel_tuned = autotuned(_attention_kernel, _CONFIGS, ["N", "HEAD_DIM"])
+_attention_kernel_tuned = autotuned(_attention_kernel, _CONFIGS, ["N", "HEAD_DIM", "WORK_BUCKET"])
+
+#: Above this many (image, head) pairs every config fills the GPU many times over: one tuning covers them all.
+_WORK_BUCKET_CAP = 2048
+
+
+def _work_bucket(batch: int, heads: int) -> int:
+    """B·H rounded up to a power of two (capped): the autotuner re-tunes per bucket, not per batch size."""
+    return min(next_power_of_2(max(1, batch * heads)), _WORK_BUCKET_CAP)
 
 #: fp32 operands (accuracy path, IEEE dots without tensor cores): one config that fits shared memory for every
 #: head_dim, no autotuning (each fp32 variant takes 10-100 s to compile).
@@ -168,7 +179,7 @@ def _attention_launch(qkv: torch.Tensor, o: torch.Tensor, num_heads: int, head_d
     with device_guard(qkv):
         wrap_triton(kernel)[grid](
             qkv, o,
-            N, num_heads,
+            N, num_heads, _work_bucket(B, num_heads),
             qkv.stride(0), qkv.stride(1),
             o.stride(0), o.stride(1),
             scale * _LOG2E,
@@ -218,7 +229,8 @@ def attention(qkv: torch.Tensor, num_heads: int, head_dim: int, scale: float = 1
         o (B, N, num_heads·head_dim), heads in qkv's order, dtype of qkv.
         Registered as ``torch.ops.ttf.attention(qkv, num_heads, head_dim, scale)``.
 
-    On CUDA the kernel autotunes on the first call for each (N, head_dim): warm up before CUDA-graph capture.
+    On CUDA the kernel autotunes on the first call for each (N, head_dim, bucket of B·num_heads): warm up at the
+    batch size you capture before CUDA-graph capture.
     """
     if out is None:
         return _attention_registered(qkv, num_heads, head_dim, float(scale))

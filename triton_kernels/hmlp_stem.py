@@ -365,17 +365,19 @@ def _hmlp_stem_kernel(
 # ---------------------------------------------------------------------------------------------------------------
 # Unmeasured starting points (no GPU in the session that wrote this). Checked only by compiling for sm_90 on a CPU
 # host (tests/test_sm90_compile.py, triton 3.9 ptxas): shared memory for E = 768 is 80 KB (BLOCK_P 16) .. 135 KB
-# (64), for E = 1024 up to 168 KB; the BLOCK_P = 64 / 8-warp config hits 255 registers and spills (E = 768: ~0.9 KB
+# (64), for E = 1024 up to 168 KB; the BLOCK_P = 64 / 8-warp config hits 255 registers and spills (E = 768: ~0.8 KB
 # per thread BN, ~2 KB LN), the BLOCK_P = 16 one barely (40 B). The autotuner weighs that on the GPU; if the
 # spilling config loses, drop it. BLOCK_P is the M of every tl.dot: 64 lets Triton use Hopper wgmma, 16/32 get
 # mma.sync. The four h2 tiles cost 4·BLOCK_P·C4·2 B of registers (E = 768: 96 KB at BLOCK_P = 64, spread over 8
-# warps). BLOCK_E bounds the stage-3 accumulator and the W3 slice staged per dot. The kernel is large: each config compiles in ~10-50 s, so
-# the lists are short and picked by row count (like linear.py) instead of one long list.
+# warps). BLOCK_E bounds the stage-3 accumulator and the W3 slice staged per dot. The kernel is large: each config
+# compiles in ~10-50 s, so the lists are short and picked by row count (like linear.py) instead of one long list.
 def _config(bp, be, warps, stages=1):
     return triton.Config({"BLOCK_P": bp, "BLOCK_E": be}, num_warps=warps, num_stages=stages)
 
 
-_CONFIGS_LARGE = [_config(64, 64, 8), _config(64, 128, 8), _config(64, 128, 4)]  # first: fewest spills
+# Spills per config (sm_90 compile, E = 768): bench/notes/hmlp_stem.md. The 4-warp 64-row tile spills 2.7-3.8 KB
+# per thread, so the third large-batch candidate is the 32-row one (88 B BN / 0.9 KB LN, mma.sync).
+_CONFIGS_LARGE = [_config(64, 64, 8), _config(64, 128, 8), _config(32, 64, 4)]
 _CONFIGS_SMALL = [_config(16, 128, 4), _config(32, 128, 4)]
 #: Row counts (patches computed) at or below this use the small-tile list: ~10 images at 224 px.
 SMALL_R = 2048

@@ -191,7 +191,8 @@ def _run_demo(out_dir, base_path, base_config, model_name, modes, pretrain_epoch
                                   "model_bytes": stats.model_bytes, "ratio": stats.ratio,
                                   "trainable": summary.num_trainable, "total": summary.num_total,
                                   "reload_exact": exact}
-        print(f"task B ({mode if mode == 'full' else mode + '-only'} fine-tuning) val accuracy {acc:.3f}; delta reloaded onto the base "
+        label = mode if mode == "full" else mode + "-only"
+        print(f"task B ({label} fine-tuning) val accuracy {acc:.3f}; delta reloaded onto the base "
               f"reproduces the model exactly: {exact}", flush=True)
         if mode in ("attn", "ffn"):
             deltas[mode] = stats.path
