@@ -66,6 +66,8 @@ def main(argv=None) -> int:
         "python": platform.python_version(), "embed_dim": E, "img": px, "dtype": str(dt), "batches": args.batch,
         "timing": "triton.testing.do_bench(warmup=25, rep=200), quantiles 0.5/0.2/0.8, ms",
         "complete": False, "interrupted": False,
+        # TTF_TRITON_AUTOTUNE=0: each kernel ran the first config of its list, untuned (the GPU suite's quick mode)
+        "triton_autotune": os.environ.get("TTF_TRITON_AUTOTUNE", "1") != "0",
     }
     results = []
 

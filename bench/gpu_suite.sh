@@ -5,6 +5,10 @@
 #
 # TTF_SUITE_PYTHON: use this interpreter (package already installed) instead of building .venv.
 # TTF_SUITE_PROFILE_ARGS: extra profiler arguments (later ones win), e.g. "--models S36x1 S18x2 --batches 1 64".
+# TTF_SUITE_AUTOTUNE: 0 (default) = every step runs the first config of each kernel's list, untuned: cold Triton
+# compiles (10-50 s per hMLP config, one per config x shape class when tuning) would not fit every step into one
+# call; 1 = profile, bench and stem autotune (give them the call to themselves with TTF_SUITE_PROFILE_ARGS). The
+# setting is written into summary.md and stem.json.
 # Budget: TTF_SUITE_SECONDS (default 540 = 9 min) for everything, set-up included. Each step gets a cap (below),
 # bounded by what is left minus a reserve for the steps after it. At its cap a step gets SIGINT
 # (`timeout -s INT --kill-after=30`): pytest, pytest-benchmark and the Python scripts stop on KeyboardInterrupt and
@@ -18,8 +22,8 @@
 #               junit XML (counts in summary.md), the 15 slowest tests
 #     profile   python -m threethings_fast.profile --full --batches 1 8 64 256 (time-budgeted: batch 1, 256, then
 #               the middle) + a Chrome trace of S18x2 fused[triton] b1
-#     bench     pytest bench/bench_ops.py bench/bench_model.py -m "not compile" --benchmark-json (per-op first, then
-#               whole model; TTF_BENCH_DEADLINE skips what would not fit)
+#     bench     pytest bench/bench_model.py bench/bench_ops.py -m "not compile" --benchmark-json (whole model first,
+#               then per op; TTF_BENCH_DEADLINE skips what would not fit)
 #     stem      python bench/bench_stem.py OUTDIR/stem.json --batch 64 (JSON rewritten after every row)
 #     compile   pytest bench/ -m compile --benchmark-json (torch.compile providers, only if >= 90 s are left)
 # Triton: TRITON_CACHE_AUTOTUNING=1 (autotuning results persist on disk: the bench and stem steps reuse what the
@@ -30,9 +34,18 @@
 set -uo pipefail
 
 OUT="${1:?usage: bench/gpu_suite.sh OUTDIR}"
-cd "$(dirname "$0")/.."
-mkdir -p "$OUT/logs"
+# OUTDIR is resolved against the caller's directory, and must be empty or new: at the end everything in it but the
+# result files is archived into logs.tar.gz and deleted (so the repository itself, or a folder holding other work,
+# would be swept away).
+mkdir -p "$OUT" || exit 2
 OUT="$(cd "$OUT" && pwd)"
+REPO="$(cd "$(dirname "$0")/.." && pwd)"
+case "$REPO/" in "$OUT"/*) echo "gpu_suite.sh: OUTDIR $OUT contains the repository; give a new folder" >&2; exit 2;; esac
+if [ -n "$(ls -A "$OUT")" ]; then
+  echo "gpu_suite.sh: OUTDIR $OUT is not empty; give a new or empty folder" >&2; exit 2
+fi
+cd "$REPO"
+mkdir -p "$OUT/logs"
 LOGS="$OUT/logs"
 TOTAL="${TTF_SUITE_SECONDS:-540}"
 GRACE=30            # seconds between SIGINT at a step's cap and SIGKILL
@@ -43,7 +56,8 @@ GPU_LINE=""
 VERSIONS_LINE=""
 
 export TRITON_CACHE_AUTOTUNING=1 TRITON_PRINT_AUTOTUNING=1 PYTHONUNBUFFERED=1
-unset TTF_TRITON_AUTOTUNE   # benchmarks always autotune; only the tests step turns it off
+SUITE_AUTOTUNE="${TTF_SUITE_AUTOTUNE:-0}"
+export TTF_TRITON_AUTOTUNE="$SUITE_AUTOTUNE"   # the tests step always turns it off
 
 elapsed() { echo $(( $(date +%s) - START )); }
 left() { echo $(( TOTAL - $(elapsed) )); }
@@ -104,6 +118,11 @@ finish() {
     echo "- $(date -u +%Y-%m-%dT%H:%M:%SZ), $(elapsed) s of a ${TOTAL} s budget"
     echo "- GPU: $GPU_LINE"
     [ -n "$VERSIONS_LINE" ] && echo "- $VERSIONS_LINE"
+    if [ "$SUITE_AUTOTUNE" = "0" ]; then
+      echo "- Triton autotuning OFF (TTF_SUITE_AUTOTUNE=0): first config of each kernel's list, untuned timings"
+    else
+      echo "- Triton autotuning on (profile, bench, stem)"
+    fi
     if git rev-parse --git-dir > /dev/null 2>&1; then
       echo "- commit: $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet 2>/dev/null || echo ' + local changes')"
     else
@@ -212,16 +231,17 @@ step profile $(( PROFILE_BUDGET + 45 )) "$PY" -m threethings_fast.profile --full
   --reps 20 --warmup 3 --time-budget "$PROFILE_BUDGET" --trace "S18x2:fused[triton]:1" --out "$OUT" --no-progress \
   ${TTF_SUITE_PROFILE_ARGS:-}
 
-# 4. pytest-benchmark suites (without torch.compile): per-op first, then the whole model ----------------------------
+# 4. pytest-benchmark suites (without torch.compile): the whole model first, then per op (the hMLP op compiles
+# longest and comes last) -----------------------------------------------------------------------------------------
 BENCH_DEADLINE=$(clamp $(( $(left) - 95 )) 20 100)
 step bench $(( BENCH_DEADLINE + 35 )) env TTF_BENCH_DEADLINE="$BENCH_DEADLINE" \
-  "$PY" -m pytest bench/bench_ops.py bench/bench_model.py -m "not compile" -q -p no:cacheprovider \
+  "$PY" -m pytest bench/bench_model.py bench/bench_ops.py -m "not compile" -q -p no:cacheprovider \
   --benchmark-json="$OUT/bench.json"
 
 # 5. the stem benchmark of bench/bench_stem.py -------------------------------------------------------------------------
 if [ -f bench/bench_stem.py ]; then
   STEM_ARGS=(--batch 64); (( $(left) < 120 )) && STEM_ARGS+=(--no-compile)
-  step stem 60 "$PY" bench/bench_stem.py "$OUT/stem.json" "${STEM_ARGS[@]}"
+  step stem 90 "$PY" bench/bench_stem.py "$OUT/stem.json" "${STEM_ARGS[@]}"
 fi
 
 # 6. torch.compile providers with whatever is left ---------------------------------------------------------------------

@@ -148,34 +148,43 @@ def build_variants() -> list[Variant]:
     c4a, c4b = hms.split_hidden(c4)
     hm_ptrs = {n: "*fp32" for n in ("img_ptr", "b1_ptr", "b2_ptr", "b3_ptr", "lnw_ptr", "lnb_ptr", "ln3w_ptr",
                                     "ln3b_ptr", "w3m_ptr", "pos_ptr", "cls_ptr", "mtok_ptr")}
-    hm_ptrs.update(w1_ptr="*bf16", w2_ptr="*bf16", w3_ptr="*bf16", idx_ptr="*i64", mask_ptr="*u8", out_ptr="*bf16")
-    for norm, tag, config, beit, cost in [("bn", "large", hms._CONFIGS_LARGE[0], False, 30.0),
-                                          ("ln", "large", hms._CONFIGS_LARGE[0], False, 40.0),
-                                          ("ln", "large", hms._CONFIGS_LARGE[0], True, 35.0),
-                                          ("bn", "small", hms._CONFIGS_SMALL[0], False, 8.0)]:
-        meta, warps, stages = _cfg(config)
+    def hm_ptrs_for(dt):
+        return dict(hm_ptrs, w1_ptr=f"*{dt}", w2_ptr=f"*{dt}", w3_ptr=f"*{dt}", idx_ptr="*i64", mask_ptr="*u8",
+                    out_ptr=f"*{dt}")
+
+    fp32_meta = dict(hms._FP32_META)
+    fp32_run = (fp32_meta.pop("num_warps"), fp32_meta.pop("num_stages"))
+    for norm, tag, (meta, warps, stages), dt, beit, cost in [
+            ("bn", "large", _cfg(hms._CONFIGS_LARGE[0]), "bf16", False, 30.0),
+            ("ln", "large", _cfg(hms._CONFIGS_LARGE[0]), "bf16", False, 40.0),
+            ("ln", "large", _cfg(hms._CONFIGS_LARGE[0]), "bf16", True, 35.0),
+            ("bn", "small", _cfg(hms._CONFIGS_SMALL[0]), "bf16", False, 8.0),
+            ("bn", "fp32meta", (fp32_meta, *fp32_run), "fp32", False, 60.0)]:   # the accuracy path: must fit
         out.append(Variant(
-            name=(f"hmlp_stem/{norm}{'+beit' if beit else ''}/bf16/E{E}/{tag}:P{meta['BLOCK_P']}xE{meta['BLOCK_E']}"
+            name=(f"hmlp_stem/{norm}{'+beit' if beit else ''}/{dt}/E{E}/{tag}:P{meta['BLOCK_P']}xE{meta['BLOCK_E']}"
                   f"w{warps}"),
             module="hmlp_stem", kernel="_hmlp_stem_kernel",
             consts=dict(meta, C_IN=3, E=E, C4=c4, C4A=c4a, C4B=c4b, K1P=64, IS_LN=norm == "ln", HAS_POS=True,
                         HAS_CLS=True, HAS_IDX=beit, BEIT=beit, DOT_PREC="ieee"),
-            ptrs=hm_ptrs, num_warps=warps, num_stages=stages, floats=("b3_mean", "eps"),
+            ptrs=hm_ptrs_for(dt), num_warps=warps, num_stages=stages, floats=("b3_mean", "eps"),
             ones=("s_iw", "s_pe") + (("s_xs", "s_mn") if beit else ()),
             not_div16=("R", "S", "N", "WP") + (("s_xb", "s_mb") if beit else ()),
-            tensor_cores=True, cost=cost))
+            tensor_cores=dt != "fp32", cost=cost))
 
-    # patch_embed: ViT-B/16 (E = 768, K = 3·16·16), first config; fp32 images, bf16 weight and tokens.
-    meta, warps, stages = _cfg(pem._CONFIGS[0])
-    pe_ptrs = {n: "*fp32" for n in ("img_ptr", "b_ptr", "pos_ptr", "cls_ptr", "mtok_ptr")}
-    pe_ptrs.update(w_ptr="*bf16", idx_ptr="*i64", mask_ptr="*u8", out_ptr="*bf16")
-    out.append(Variant(
-        name=f"patch_embed/bf16/E{E}/{meta['BLOCK_P']}x{meta['BLOCK_E']}x{meta['BLOCK_K']}w{warps}s{stages}",
-        module="patch_embed", kernel="_patch_embed_kernel",
-        consts=dict(meta, PATCH=16, E=E, K=3 * 16 * 16, HAS_BIAS=True, HAS_POS=True, HAS_CLS=True, HAS_IDX=False,
-                    BEIT=False, DOT_PREC="ieee"),
-        ptrs=pe_ptrs, num_warps=warps, num_stages=stages, ones=("s_iw", "s_wk", "s_pe"),
-        not_div16=("R", "S", "N", "WP"), tensor_cores=True, cost=6.0))
+    # patch_embed: ViT-B/16 (E = 768, K = 3·16·16): the first 16-bit config (fp32 images, bf16 weight and tokens)
+    # and the fp32 accuracy path's config.
+    pe_fp32 = dict(pem._FP32_META)
+    pe_fp32_run = (pe_fp32.pop("num_warps"), pe_fp32.pop("num_stages"))
+    for dt, (meta, warps, stages) in [("bf16", _cfg(pem._CONFIGS[0])), ("fp32", (pe_fp32, *pe_fp32_run))]:
+        pe_ptrs = {n: "*fp32" for n in ("img_ptr", "b_ptr", "pos_ptr", "cls_ptr", "mtok_ptr")}
+        pe_ptrs.update(w_ptr=f"*{dt}", idx_ptr="*i64", mask_ptr="*u8", out_ptr=f"*{dt}")
+        out.append(Variant(
+            name=f"patch_embed/{dt}/E{E}/{meta['BLOCK_P']}x{meta['BLOCK_E']}x{meta['BLOCK_K']}w{warps}s{stages}",
+            module="patch_embed", kernel="_patch_embed_kernel",
+            consts=dict(meta, PATCH=16, E=E, K=3 * 16 * 16, HAS_BIAS=True, HAS_POS=True, HAS_CLS=True, HAS_IDX=False,
+                        BEIT=False, DOT_PREC="ieee"),
+            ptrs=pe_ptrs, num_warps=warps, num_stages=stages, ones=("s_iw", "s_wk", "s_pe"),
+            not_div16=("R", "S", "N", "WP"), tensor_cores=dt != "fp32", cost=6.0))
     return out
 
 

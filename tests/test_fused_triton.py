@@ -53,6 +53,19 @@ def test_real_models_on_gpu(name, kw, dtype):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_convert_to_bare_cuda_device(backend):
+    # torch.device("cuda") != torch.device("cuda:0"), while tensors always carry the index: the model must not keep
+    # the bare name and then refuse every input.
+    model = make_model("tiny_2x2", dtype=torch.float32)
+    fused = ttf.convert(model, backend=backend, device="cuda", dtype=torch.float16)
+    assert fused.device == torch.device("cuda", torch.cuda.current_device())
+    x = torch.randn(2, 3, model.config.img_size, model.config.img_size)
+    out = fused(x.to("cuda", torch.float16))
+    assert out.device == fused.device and torch.isfinite(out).all()
+
+
+@pytest.mark.gpu
 def test_cuda_graph_replay_equals_eager():
     from threethings_fast.fused.graphs import capture
     model = make_model("S18x2", dtype=torch.bfloat16, depth=4).cuda()
@@ -64,6 +77,22 @@ def test_cuda_graph_replay_equals_eager():
         assert torch.equal(outs[b], fused(xs[b])), f"batch {b}: graph replay differs from eager"
     with pytest.raises(ValueError, match="no graph captured"):
         graphed(torch.randn(2, 3, 224, 224, device="cuda", dtype=torch.bfloat16))
+
+
+@pytest.mark.gpu
+def test_cuda_graph_of_torch_backend_survives_other_batch_sizes():
+    # The torch backend reuses its widest buffers across calls; captured graphs must not point at them (an eager call
+    # at another batch size would free them under the graph).
+    from threethings_fast.fused.graphs import capture
+    model = make_model("S18x2", dtype=torch.float16, depth=2).cuda()
+    fused = ttf.convert(model, backend="torch")
+    graphed = capture(fused, [1, 3])
+    xs = {b: torch.randn(b, 3, 224, 224, device="cuda", dtype=torch.float16) for b in (1, 2, 3)}
+    fused(xs[2])                                        # replaces the eager workspace buffers
+    for b in (3, 1):
+        out = graphed(xs[b]).clone()
+        torch.cuda.synchronize()
+        torch.testing.assert_close(out, fused(xs[b]), rtol=1e-3, atol=1e-3)  # same kernels; garbage would be far off
 
 
 @pytest.mark.gpu

@@ -9,7 +9,9 @@ from threethings_fast.profile import SCHEMA_VERSION, main, validate
 from threethings_fast.profile.report import PAPER_TABLE4
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-ARGS = ["--models", "tiny_2x2", "tiny_4x1", "--batches", "1", "2", "--reps", "2", "--warmup", "1", "--no-progress"]
+# --device cpu: the test reads CPU defaults (float32, no Triton provider) on a CUDA machine too.
+ARGS = ["--models", "tiny_2x2", "tiny_4x1", "--batches", "1", "2", "--reps", "2", "--warmup", "1", "--no-progress",
+        "--device", "cpu"]
 
 
 @pytest.fixture(scope="module")

@@ -395,7 +395,9 @@ def test_gpu_compile_and_cuda_graph():
 
     eager = block(x)  # also warms up the autotuners before capture
     compiled = torch.compile(block, fullgraph=True)(x)
-    assert torch.equal(eager, compiled) or (eager.float() - compiled.float()).abs().max().item() < 1e-2
+    # Inductor re-autotunes user kernels and may pick another tile (another summation order); |y| reaches ~4, where
+    # one bf16 step is 0.03: compare relative to the magnitude, not with a fixed absolute 1e-2.
+    torch.testing.assert_close(compiled, eager, rtol=2e-2, atol=2e-2)
     static_x = x.clone()
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())

@@ -11,6 +11,7 @@ from .folding import fold_model
 from .fused.backends import make_ops, resolve_backend
 from .fused.model import FusedViT
 from .reference.model import VisionTransformer
+from .validation import concrete_device
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -41,7 +42,7 @@ def convert(model: Union[VisionTransformer, Mapping], backend: str = "auto", *, 
     dtype = dtype or param.dtype
     if dtype not in _DTYPES:
         raise TypeError(f"dtype must be one of {_DTYPES}, got {dtype}")
-    device = torch.device(device) if device is not None else param.device
+    device = concrete_device(device) if device is not None else param.device
     backend = resolve_backend(backend, device)
     ops = make_ops(backend)
     weights = ops.prepare(fold_model(model), dtype, device)

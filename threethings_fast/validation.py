@@ -4,6 +4,17 @@ from __future__ import annotations
 import torch
 
 
+def concrete_device(device) -> torch.device:
+    """`device` as a torch.device with its index filled in: "cuda" -> cuda:<current device>.
+
+    Tensors always carry an index and ``torch.device("cuda") != torch.device("cuda:0")``, so a model that kept the
+    bare "cuda" a user passed would refuse every input. Other device types are returned as given."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
 def check_images(images, *, in_chans: int, img_size: int, patch_size: int, dtype: torch.dtype,
                  device: torch.device, who: str = "model") -> None:
     """Raise a clear error unless `images` is a non-empty (B, in_chans, img_size, img_size) tensor of the model's
@@ -29,5 +40,5 @@ def check_images(images, *, in_chans: int, img_size: int, patch_size: int, dtype
     if images.dtype != dtype:
         raise TypeError(f"{who} holds {dtype} weights but got {images.dtype} images; cast the images "
                         f"(images.to({dtype})) or the model")
-    if images.device != device:
+    if images.device != concrete_device(device):
         raise RuntimeError(f"{who} lives on {device} but got images on {images.device}")

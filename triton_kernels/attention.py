@@ -75,7 +75,9 @@ def _attention_block(
     return acc, l_i, m_new
 
 
-@triton.jit
+# WORK_BUCKET only keys the autotuner: no value specialisation (1, multiple of 16), which would compile the same code
+# up to three times.
+@triton.jit(do_not_specialize=["WORK_BUCKET"])
 def _attention_kernel(
     # pointers
     qkv_ptr,  # (B, N, 3·H·HEAD_DIM) packed projections, unit inner stride

@@ -385,6 +385,12 @@ _KEY = ["R", "E", "C4", "IS_LN", "BEIT"]
 _hmlp_stem_kernel_large = autotuned(_hmlp_stem_kernel, _CONFIGS_LARGE, _KEY)
 _hmlp_stem_kernel_small = autotuned(_hmlp_stem_kernel, _CONFIGS_SMALL, _KEY)
 
+#: fp32 weights (the accuracy path: IEEE dots on CUDA cores, no tensor cores): one config, no autotuning. The
+#: 16-bit lists do not fit (BLOCK_P 64 in fp32 needs 304 KB of shared memory, over the 227 KB limit) and every
+#: fp32 variant takes 1-2 min to compile; this one uses 160 KB at E = 768 (sm_90 compile check) and spills heavily:
+#: slow, but exact.
+_FP32_META = {"BLOCK_P": 16, "BLOCK_E": 64, "num_warps": 4, "num_stages": 1}
+
 #: The single config used under the interpreter (autotuning there would re-run the interpreted kernel per config).
 #: Tests lower BLOCK_E to exercise the several-chunk paths at tiny E.
 _INTERPRETER_META = {"BLOCK_P": 16, "BLOCK_E": 64}
@@ -616,6 +622,8 @@ def _hmlp_stem_launch(images, w1, b1, w2, b2, w3, b3, ln_w, ln_b, ln3_w, ln3_b, 
 
     if interpreter_active():
         kernel, meta = _hmlp_stem_kernel, dict(_INTERPRETER_META)
+    elif w1.dtype == torch.float32:
+        kernel, meta = _hmlp_stem_kernel, dict(_FP32_META)
     elif R <= SMALL_R:
         kernel, meta = tuned_or_first(_hmlp_stem_kernel_small)
     else:

@@ -108,6 +108,9 @@ _CONFIGS = [
 ]
 _patch_embed_kernel_tuned = autotuned(_patch_embed_kernel, _CONFIGS, ["R", "E", "K"])
 _INTERPRETER_META = {"BLOCK_P": 16, "BLOCK_E": 32, "BLOCK_K": 64}
+#: fp32 weights (IEEE dots, no tensor cores): one config, no autotuning; the first 16-bit config would spill in
+#: fp32 (480 B per thread at sm_90), this one does not and needs 32 KB of shared memory.
+_FP32_META = {"BLOCK_P": 64, "BLOCK_E": 64, "BLOCK_K": 32, "num_warps": 4, "num_stages": 3}
 
 
 def _patch_embed_launch(images, weight, bias, patch, pos, cls, visible_idx, mask, mask_token, out) -> None:
@@ -131,6 +134,8 @@ def _patch_embed_launch(images, weight, bias, patch, pos, cls, visible_idx, mask
 
     if interpreter_active():
         kernel, meta = _patch_embed_kernel, dict(_INTERPRETER_META)
+    elif weight.dtype == torch.float32:
+        kernel, meta = _patch_embed_kernel, dict(_FP32_META)
     else:
         kernel, meta = tuned_or_first(_patch_embed_kernel_tuned)
     with device_guard(images):

@@ -26,6 +26,7 @@ import torch
 
 from ..convert import convert
 from ..reference.model import VisionTransformer
+from ..validation import concrete_device
 from .adapt import adapt_resolution, replace_head
 from .delta import Delta, base_fingerprint, check_delta, read_delta
 from .roles import _check_model
@@ -75,7 +76,7 @@ class MultiTaskFused:
         self.base = copy.deepcopy(base).eval().requires_grad_(False)
         self.backend = backend
         self.dtype = dtype or base.cls_token.dtype
-        self.device = torch.device(device) if device is not None else base.cls_token.device
+        self.device = concrete_device(device) if device is not None else base.cls_token.device
         self.tasks: dict[str, _Task] = {}
         self.active: Optional[str] = None
         self._slots: dict[int, _Slot] = {}

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from ..folding import fold_block, fold_head_and_pos
-from ..validation import check_images
+from ..validation import check_images, concrete_device
 from .forward import vit_forward
 from .weights import FusedWeights
 
@@ -26,7 +26,7 @@ class FusedViT(nn.Module):
         self.weights = weights
         self.ops = ops
         self.dtype = dtype
-        self.device = torch.device(device)
+        self.device = concrete_device(device)
         self.eval()
 
     @property

@@ -21,6 +21,11 @@ class TorchOps:
         # The widest activations (QKV: M x 3KD, fc1: M x KF) are reused across blocks and calls. On the CPU a fresh
         # tensor above glibc's 32 MB mmap threshold is page-faulted in on every call: at S18x2 batch 16 that made
         # the fused path 5% slower than the reference, whose per-branch tensors are half as wide.
+        if like.is_cuda and torch.cuda.is_current_stream_capturing():
+            # Inside CUDA-graph capture (fused.graphs): a buffer from outside the graph's pool would be baked into
+            # the graph, then freed when another batch size replaces it -> replays writing into freed memory.
+            # Allocate from the pool instead; the graph fixes every address anyway.
+            return torch.empty(shape, dtype=like.dtype, device=like.device)
         buf = self._workspace.get(name)
         if buf is None or buf.shape != shape or buf.dtype != like.dtype or buf.device != like.device:
             buf = torch.empty(shape, dtype=like.dtype, device=like.device)

@@ -52,6 +52,9 @@ def header(result: dict) -> list[str]:
         f"- run {result['created']}, {result['wall_s']:.0f} s wall" if result["wall_s"] else
         f"- run {result['created']}",
     ]
+    if not s.get("triton_autotune", True):
+        lines.append("- Triton autotuning OFF (TTF_TRITON_AUTOTUNE=0): each kernel ran the first config of its list, "
+                     "untuned")
     peak = result.get("peak")
     if peak:
         mm, cp = peak["matmul"], peak["copy"]

@@ -12,7 +12,8 @@ unless the key says otherwise (``_ms``). Every field below is always present.
                    capability: str|None ("9.0"), memory_gb: float|None}
     versions      {python, torch: str, triton: str|None, threethings_fast: str, cuda: str|None}
     settings      {preset: "quick"|"full"|"custom", models: [str], batches: [int], providers: [str], warmup: int,
-                   reps: int, min_seconds: float, time_budget_s: float|None, seed: int}
+                   reps: int, min_seconds: float, time_budget_s: float|None, seed: int,
+                   triton_autotune: bool (optional, read: true; false = first config of each kernel, untuned)}
     peak          None (--no-peak) or {matmul: {tflops: float (best), tflops_median: float, n: int, dtype: str,
                    raw_s: [float]}, copy: {gbps: float (best), gbps_median: float, bytes: int, raw_s: [float]}}
     models        {name: {config: {ViTConfig fields}, params: int, flops_per_image: int (2·matmul MACs),

@@ -216,7 +216,9 @@ def run_profile(settings: Settings, argv: Optional[list] = None) -> dict:
         "settings": {"preset": settings.preset, "models": list(settings.models), "batches": list(settings.batches),
                      "providers": list(settings.providers), "warmup": settings.warmup, "reps": settings.reps,
                      "min_seconds": settings.min_seconds, "time_budget_s": settings.time_budget_s,
-                     "seed": settings.seed},
+                     "seed": settings.seed,
+                     # TTF_TRITON_AUTOTUNE=0: the Triton providers ran the first config of each list, untuned
+                     "triton_autotune": os.environ.get("TTF_TRITON_AUTOTUNE", "1") != "0"},
         "peak": None, "models": {}, "results": [], "ratios": [], "errors": [], "skipped": [],
         "skipped_batches": [], "trace": None, "wall_s": None, "files": {}, "interrupted": False,
     }
