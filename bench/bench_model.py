@@ -10,6 +10,7 @@ Providers:
     torch             convert(model, backend="torch")
     triton            convert(model, backend="triton") (CUDA)
     triton_graph      the same captured in a CUDA graph (threethings_fast.fused.graphs)
+    triton_fusednorm(_graph)  convert(..., norm="fused"): LayerNorms in the GEMM epilogues (5 launches per block)
 Derived: tflops = batch · forward_flops(cfg) / median (2·matmul MACs per image); images_per_s = batch / median.
 """
 from __future__ import annotations
@@ -24,7 +25,7 @@ import threethings_fast as ttf
 from threethings_fast.macs import forward_flops
 
 PROVIDERS = ["reference", "branch_by_branch", pytest.param("compile", marks=pytest.mark.compile), "timm", "torch",
-             "triton", "triton_graph"]
+             "triton", "triton_graph", "triton_fusednorm", "triton_fusednorm_graph"]
 SETUPS = ([(m, b) for m in ("S18x2", "S36x1", "B18x2") for b in (1, 64)] if HAS_CUDA else
           [("S2x2", 1), ("S4x1", 1)])
 
@@ -36,8 +37,8 @@ def _reference(name: str):
 
 
 @functools.lru_cache(maxsize=None)
-def _fused(name: str, backend: str):
-    return ttf.convert(_reference(name), backend=backend)
+def _fused(name: str, backend: str, norm: str = "separate"):
+    return ttf.convert(_reference(name), backend=backend, norm=norm)
 
 
 @functools.lru_cache(maxsize=None)
@@ -89,9 +90,11 @@ def test_model(measure, setup, provider):
         fn = functools.partial(timm_model, images)
     elif provider in ("torch", "triton"):
         fn = functools.partial(_fused(name, provider), images)
-    else:  # triton_graph
+    elif provider == "triton_fusednorm":
+        fn = functools.partial(_fused(name, "triton", "fused"), images)
+    else:  # triton_graph, triton_fusednorm_graph
         from threethings_fast.fused.graphs import capture
-        runner = capture(_fused(name, "triton"), [batch])
+        runner = capture(_fused(name, "triton", "fused" if "fusednorm" in provider else "separate"), [batch])
         fn = functools.partial(runner, images)
     flops = batch * forward_flops(cfg)
     median = measure(fn, group=f"model {name} b{batch}", flops=flops, model=name, batch=batch, provider=provider)

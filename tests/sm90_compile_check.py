@@ -96,16 +96,24 @@ def build_variants() -> list[Variant]:
     out: list[Variant] = []
 
     # normalize: (x dtype, y dtype, D). BLOCK_D = next_power_of_2(D): 384 -> 512; 1024 and MAX_D = 8192 are large.
-    for xt, yt, d in [("bf16", "bf16", 384), ("fp32", "fp32", 384), ("fp32", "bf16", 384), ("bf16", "bf16", 1024),
-                      ("fp32", "fp32", 1024), ("bf16", "bf16", nrm.MAX_D)]:
+    # The row-statistics mode (row_stats) writes fp32 (mean, M2) pairs instead of x̂.
+    for xt, yt, d, stats in [("bf16", "bf16", 384, False), ("fp32", "fp32", 384, False), ("fp32", "bf16", 384, False),
+                             ("bf16", "bf16", 1024, False), ("fp32", "fp32", 1024, False),
+                             ("bf16", "bf16", nrm.MAX_D, False), ("bf16", "fp32", 384, True)]:
         bm, bd, warps = nrm._normalize_meta(d)
         out.append(Variant(
-            name=f"normalize/{xt}->{yt}/D{d}/BLOCK_D{bd}", module="normalize", kernel="_normalize_kernel",
-            consts=dict(BLOCK_M=bm, BLOCK_D=bd), ptrs=dict(x_ptr=f"*{xt}", y_ptr=f"*{yt}"),
+            name=f"normalize/{xt}->{'stats' if stats else yt}/D{d}/BLOCK_D{bd}", module="normalize",
+            kernel="_normalize_kernel", consts=dict(BLOCK_M=bm, BLOCK_D=bd, STATS=stats),
+            ptrs=dict(x_ptr=f"*{xt}", y_ptr=f"*{yt}"),
             num_warps=warps, num_stages=3, floats=("eps",), not_div16=("M", "D"), cost=1.5))
 
-    # linear: first config of each autotune list (16-bit) and the fp32 IEEE meta, every epilogue.
-    epilogues = [("bias+gelu", True, False, 1), ("bias+residual", True, True, 0), ("nobias", False, False, 0)]
+    # linear: first config of each autotune list (16-bit) and the fp32 IEEE meta, every epilogue, including the
+    # norm="fused" ones: the normalising epilogue of QKV / fc1 (row statistics of an S-width stream, D = 384: 12
+    # slots of 32) and the residual GEMM that writes its output's statistics.
+    epilogues = [("bias+gelu", True, False, 1, False, False), ("bias+residual", True, True, 0, False, False),
+                 ("nobias", False, False, 0, False, False), ("norm+bias", True, False, 0, True, False),
+                 ("norm+bias+gelu", True, False, 1, True, False), ("bias+residual+stats", True, True, 0, False, True)]
+    t_in = -(-384 // lin.STAT_W)
     lin_cfgs = [("large", *_cfg(lin._CONFIGS_LARGE_M[0]), ("bf16", "fp16")),
                 ("small", *_cfg(lin._CONFIGS_SMALL_M[0]), ("bf16", "fp16"))]
     fp32_meta = dict(lin._FP32_META)
@@ -113,14 +121,18 @@ def build_variants() -> list[Variant]:
     lin_cfgs.append(("fp32meta", fp32_meta, fp32_warps, fp32_stages, ("fp32",)))
     for tag, meta, warps, stages, dtypes in lin_cfgs:
         for dt in dtypes:
-            for epi, has_bias, has_res, act in epilogues:
+            for epi, has_bias, has_res, act, norm_in, stats_out in epilogues:
                 tile = "x".join(str(meta[k]) for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K"))
                 p = f"*{dt}"
                 out.append(Variant(
                     name=f"linear/{dt}/{tag}:{tile}w{warps}s{stages}/{epi}", module="linear", kernel="_linear_kernel",
                     consts=dict(meta, HAS_BIAS=has_bias, HAS_RESIDUAL=has_res, ACTIVATION=act,
-                                INPUT_PRECISION="ieee"),
-                    ptrs=dict(x_ptr=p, w_ptr=p, b_ptr=p, r_ptr=p, y_ptr=p), num_warps=warps, num_stages=stages,
+                                INPUT_PRECISION="ieee", NORM_IN=norm_in, W_IN=lin.STAT_W if norm_in else 1,
+                                T_IN=t_in if norm_in else 1, T_IN_PAD=16 if norm_in else 2, STATS_OUT=stats_out,
+                                STAT_W=lin.STAT_W),
+                    ptrs=dict(x_ptr=p, w_ptr=p, b_ptr=p, r_ptr=p, y_ptr=p, s_ptr="*fp32", c_ptr="*fp32",
+                              so_ptr="*fp32"),
+                    num_warps=warps, num_stages=stages, floats=("eps",),
                     not_div16=("M",), tensor_cores=dt != "fp32",
                     cost={"large": 6.0, "small": 4.0, "fp32meta": 4.0}[tag]))
 

@@ -1,5 +1,7 @@
 """The fused model on the Triton backend, end to end, against the reference (float64 oracle).
 CPU: the interpreter at tiny shapes (fp32, fp16; bf16 tl.dot is wrong under the interpreter). GPU: real models."""
+import copy
+
 import pytest
 import torch
 
@@ -23,14 +25,67 @@ def _check(model64, dtype, batch=2, device=DEVICE, **convert_kw):
     assert_within_bound(out, ref_lowp, model64(x64), dtype)
 
 
+@pytest.mark.parametrize("norm", ["separate", "fused"])
 @pytest.mark.parametrize("dtype", CPU_DTYPES, ids=str)
 @pytest.mark.parametrize("name, kw", [
     ("tiny_2x2", {}),                                              # K = 2, linear stem
     ("tiny_2x1", {"stem": "hmlp_bn"}),                             # sequential, BN-folded hMLP
     ("tiny_1x3", {"stem": "hmlp_ln", "init_values": None}),        # K = 3, LN hMLP, no LayerScale
 ])
-def test_tiny_model_triton_matches_reference(name, kw, dtype):
-    _check(make_model(name, **kw), dtype, batch=3 if "hmlp_ln" in kw.get("stem", "") else 2)
+def test_tiny_model_triton_matches_reference(name, kw, dtype, norm):
+    _check(make_model(name, **kw), dtype, batch=3 if "hmlp_ln" in kw.get("stem", "") else 2, norm=norm)
+
+
+class _CountingKernels:
+    """Stands in for `ops.tk` (the triton_kernels package) and records which ops a forward launches."""
+
+    OPS = ("normalize", "row_stats", "linear", "attention", "patch_embed", "hmlp_stem")
+
+    def __init__(self, module):
+        self._module = module
+        self.calls: list[str] = []
+
+    def __getattr__(self, name):
+        attr = getattr(self._module, name)
+        if name not in self.OPS:
+            return attr
+
+        def counted(*args, **kwargs):
+            self.calls.append(name)
+            return attr(*args, **kwargs)
+        return counted
+
+
+def test_fused_norm_launches_and_refold():
+    """norm="fused": no normalize launch (5 kernels per block), and refold keeps the column sums in step with the
+    re-folded weights."""
+    model = make_model("tiny_2x2", dtype=torch.float32)
+    x = images_for(model, 2).float()
+    fused = ttf.convert(model, backend="triton", norm="fused")
+    spy = _CountingKernels(fused.ops.tk)
+    fused.ops.tk = spy
+    fused(x)
+    depth = model.config.depth
+    assert spy.calls.count("normalize") == 0 and spy.calls.count("row_stats") == 2   # after the stem; the head
+    assert spy.calls.count("linear") == 4 * depth + 1 and spy.calls.count("attention") == depth
+    assert len(spy.calls) == 5 * depth + 4                                           # + stem, head
+    # refold: change the attention weights of the source model, re-fold them, compare with a fresh conversion
+    fused = ttf.convert(copy.deepcopy(model), backend="triton", norm="fused")
+    with torch.no_grad():
+        for blk in model.blocks:
+            for attn in blk.attns:
+                attn.attn.qkv.weight.mul_(1.5)
+                attn.norm.weight.add_(0.25)
+    fused.refold(model, parts=("attn", "head", "pos"))
+    fresh = ttf.convert(model, backend="triton", norm="fused")
+    torch.testing.assert_close(fused(x), fresh(x), rtol=1e-5, atol=1e-5)
+
+
+def test_fused_norm_needs_triton_backend():
+    with pytest.raises(ValueError, match="norm='fused' needs the Triton backend"):
+        ttf.convert(make_model("tiny_2x2"), backend="torch", norm="fused")
+    with pytest.raises(ValueError, match="norm must be"):
+        ttf.convert(make_model("tiny_2x2", dtype=torch.float32), backend="triton", norm="layer")
 
 
 def test_triton_backend_rejects_float64():
@@ -50,6 +105,26 @@ def test_triton_backend_rejects_float64():
 ])
 def test_real_models_on_gpu(name, kw, dtype):
     _check(make_model(name, **kw), dtype, batch=3, device="cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("name, kw", [
+    ("S18x2", {}), ("S36x1", {"depth": 12, "stem": "hmlp_bn"}), ("B18x2", {"depth": 6}),
+    ("S18x2", {"depth": 2, "img_size": 384}), ("S18x2", {"depth": 4, "num_parallel": 3}),
+])
+def test_real_models_fused_norm_on_gpu(name, kw, dtype):
+    _check(make_model(name, **kw), dtype, batch=3, device="cuda", norm="fused")
+
+
+@pytest.mark.gpu
+def test_cuda_graph_replay_fused_norm():
+    from threethings_fast.fused.graphs import capture
+    model = make_model("S18x2", dtype=torch.bfloat16, depth=4).cuda()
+    fused = ttf.convert(model, backend="triton", norm="fused")
+    graphed = capture(fused, [2])
+    x = torch.randn(2, 3, 224, 224, device="cuda", dtype=torch.bfloat16)
+    assert torch.equal(graphed(x), fused(x))
 
 
 @pytest.mark.gpu

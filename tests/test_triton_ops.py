@@ -23,8 +23,9 @@ if not HAS_CUDA:
 
 triton = pytest.importorskip("triton", reason="triton is not installed")
 
-from threethings_fast.triton_kernels import (SUPPORTED_HEAD_DIMS, attention, attention_ref,  # noqa: E402
-                                             linear, linear_ref, normalize, normalize_ref)
+from threethings_fast.triton_kernels import (SUPPORTED_HEAD_DIMS, STAT_W, RowStats, attention,  # noqa: E402
+                                             attention_ref, column_sums, linear, linear_ref, normalize,
+                                             normalize_ref, row_stats, row_stats_ref)
 from threethings_fast.triton_kernels._common import interpreter_active  # noqa: E402
 from helpers import kernels_interpreted  # noqa: E402
 
@@ -226,6 +227,93 @@ def test_linear_bad_inputs(monkeypatch):
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# LayerNorm fused into the GEMMs: row statistics, normalising epilogue, statistics of the output
+# ---------------------------------------------------------------------------------------------------------------
+def _residual_stream(M, D, dtype, seed):
+    """Rows like a ViT residual stream: a common offset and a few channels far larger than the rest (the case
+    where E[x²] − E[x]² or a naive mean·colsum correction would lose digits)."""
+    x = randn(M, D, dtype=torch.float32, seed=seed)
+    x[:, min(3, D - 1)] += 60.0
+    x[:, D // 2] -= 35.0
+    return (x + 8.0).to(dtype)
+
+
+def _assert_stats_close(got: RowStats, want: RowStats, what: str):
+    assert got.width == want.width and got.partials.shape == want.partials.shape, (got.width, want.width)
+    assert got.partials.dtype == torch.float32 and torch.isfinite(got.partials).all(), what
+    g, w = got.partials.double().cpu(), want.partials.cpu()
+    # fp32 statistics: relative to the magnitude of each quantity (means ~ |x|, M2 ~ n·var)
+    tol = 2e-5 * (w.abs() + w[..., 1:].abs().amax() ** 0.5) + 1e-6
+    assert ((g - w).abs() <= tol).all(), f"{what}: max err {(g - w).abs().max().item():.3g}"
+
+
+@pytest.mark.parametrize("dtype,atol", DTYPES + DTYPES_GPU)
+@pytest.mark.parametrize("shape", [(1, 48), (37, 72), (2, 5, 384), (3, 1)], ids=str)
+def test_row_stats(shape, dtype, atol):
+    x = _residual_stream(int(torch.tensor(shape[:-1]).prod()), shape[-1], dtype, seed=40).view(shape)
+    _assert_stats_close(row_stats(x), row_stats_ref(x), "row_stats")
+
+
+@pytest.mark.parametrize("dtype,atol", DTYPES + DTYPES_GPU)
+@pytest.mark.parametrize("M,K,N,act,res", [(1, 48, 40, None, False), (37, 72, 100, "gelu", False),
+                                           (20, 384, 96, None, True), (5, 40, 33, "gelu", True)])
+def test_linear_normalising_epilogue(M, K, N, act, res, dtype, atol):
+    """linear(norm=row_stats(x)) = act(LN(x) @ Wᵀ + b) + r, bounded like the unfused LN-then-GEMM chain."""
+    x = _residual_stream(M, K, dtype, seed=41)
+    w = randn(N, K, dtype=dtype, scale=K ** -0.5, seed=42)
+    b = randn(N, dtype=dtype, seed=43)
+    r = randn(M, N, dtype=dtype, seed=44) if res else None
+    y = linear(x, w, b, r, act, norm=row_stats(x), colsum=column_sums(w), eps=1e-6, out=poisoned((M, N), dtype))
+    ref = linear_ref(x, w, b, r, act, normalize_input=True, eps=1e-6)
+    ref64 = linear_ref(x, w, b, r, act, upcast=True, normalize_input=True, eps=1e-6)
+    assert_close_to_ref(y, ref, ref64, atol, "normalising linear")
+
+
+@pytest.mark.parametrize("dtype,atol", DTYPES + DTYPES_GPU)
+@pytest.mark.parametrize("M,K,N", [(3, 48, 40), (29, 64, 100), (8, 96, 384)])
+def test_linear_return_stats_feeds_the_next_gemm(M, K, N, dtype, atol):
+    """A residual GEMM's output statistics (slots of 32 columns, N not a multiple of 32 on purpose, several column
+    tiles) equal the statistics of its stored output, and normalise the next GEMM like LayerNorm would."""
+    a = randn(M, K, dtype=dtype, seed=45)
+    w = randn(N, K, dtype=dtype, scale=K ** -0.5, seed=46)
+    r = _residual_stream(M, N, dtype, seed=47)
+    y, stats = linear(a, w, randn(N, dtype=dtype, seed=48), r, return_stats=True)
+    assert stats.width == STAT_W and stats.partials.shape == (M, -(-N // STAT_W), 2)
+    _assert_stats_close(stats, row_stats_ref(y, STAT_W), "return_stats")
+    w2 = randn(64, N, dtype=dtype, scale=N ** -0.5, seed=49)
+    z = linear(y, w2, None, None, "gelu", norm=stats, colsum=column_sums(w2), eps=1e-6,
+               out=poisoned((M, 64), dtype))
+    assert_close_to_ref(z, linear_ref(y, w2, None, None, "gelu", normalize_input=True),
+                        linear_ref(y, w2, None, None, "gelu", upcast=True, normalize_input=True), atol,
+                        "chained normalising linear")
+
+
+def test_normalising_linear_bad_inputs():
+    x, w = randn(4, 48), randn(8, 48)
+    st = row_stats(x)
+    with pytest.raises(ValueError, match="needs colsum"):
+        linear(x, w, norm=st)
+    with pytest.raises(TypeError, match="RowStats"):
+        linear(x, w, norm=st.partials, colsum=column_sums(w))
+    with pytest.raises(ValueError, match="norm.partials must have shape"):
+        linear(x, w, norm=RowStats(st.partials[:3], st.width), colsum=column_sums(w))
+    with pytest.raises(ValueError, match="norm.partials must have shape"):
+        linear(x, w, norm=RowStats(st.partials, 32), colsum=column_sums(w))     # 48 / 32 -> 2 slots expected
+    with pytest.raises(ValueError, match="width"):
+        linear(x, w, norm=RowStats(st.partials, 0), colsum=column_sums(w))
+    with pytest.raises(TypeError, match="colsum must have dtype"):
+        linear(x, w, norm=st, colsum=column_sums(w).double())
+    with pytest.raises(ValueError, match="colsum must have shape"):
+        linear(x, w, norm=st, colsum=column_sums(w)[:5])
+    with pytest.raises(ValueError, match="without norm"):
+        linear(x, w, colsum=column_sums(w))
+    with pytest.raises(ValueError, match="return_stats"):
+        linear(x, w, return_stats=True, out=poisoned((4, 8), torch.float32))
+    with pytest.raises(ValueError, match="last dim"):
+        row_stats(randn(4, 0))
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # attention
 # ---------------------------------------------------------------------------------------------------------------
 ATTN_CASES = [
@@ -320,6 +408,9 @@ def _opcheck_cases():
         ("linear", (x, w, b, r, "gelu", None, False)),
         ("linear", (x.half(), w.half(), None, None, None, torch.float32, False)),
         ("attention", (randn(1, 20, 3 * 2 * 32, dtype=dt), 2, 32, 1.0)),
+        ("row_stats", (x,)),
+        ("linear", (x, w, b, r, "gelu", None, False, row_stats(x).partials, 48, column_sums(w), 1e-6)),
+        ("linear_stats", (x, w, b, r, None, None, False, None, 0, None, 0.0)),
     ]
 
 
@@ -342,6 +433,28 @@ def test_opcheck_gpu():
 # GPU: real shapes (S18x2 at 224/384 px), bf16/fp16, torch.compile and CUDA graphs
 # ---------------------------------------------------------------------------------------------------------------
 GPU_LOWP = [pytest.param(torch.bfloat16, 1.6e-2, id="bf16"), pytest.param(torch.float16, 2e-3, id="fp16")]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype,atol", GPU_LOWP)
+def test_gpu_fused_norm_block_shapes(dtype, atol):
+    """The norm="fused" exchange at S18x2 batch 64: fc2 (+residual, statistics out) -> QKV (normalising) and
+    proj (+residual, statistics out) -> fc1 (normalising, GELU), every autotuned tile width."""
+    M, D, KD, KF = 64 * 197, 384, 2 * 384, 2 * 1536
+    x = _residual_stream(M, D, dtype, seed=20)
+    _assert_stats_close(row_stats(x), row_stats_ref(x), "row_stats")
+    for k_in, n_next, act in [(KF, 3 * KD, None), (KD, KF, "gelu")]:
+        a = randn(M, k_in, dtype=dtype, seed=21)
+        w = randn(D, k_in, dtype=dtype, scale=k_in ** -0.5, seed=22)
+        y, st = linear(a, w, randn(D, dtype=dtype, seed=23), x, return_stats=True)
+        _assert_stats_close(st, row_stats_ref(y, STAT_W), f"stats of a {D}x{k_in} residual GEMM")
+        w2 = randn(n_next, D, dtype=dtype, scale=D ** -0.5, seed=24)
+        b2 = randn(n_next, dtype=dtype, seed=25)
+        z = linear(y, w2, b2, None, act, norm=st, colsum=column_sums(w2), out=poisoned((M, n_next), dtype))
+        assert_close_to_ref(z, linear_ref(y, w2, b2, None, act, normalize_input=True),
+                            linear_ref(y, w2, b2, None, act, upcast=True, normalize_input=True), atol,
+                            f"normalising {n_next}x{D}")
 
 
 @pytest.mark.gpu

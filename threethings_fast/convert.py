@@ -17,7 +17,8 @@ _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def convert(model: Union[VisionTransformer, Mapping], backend: str = "auto", *, dtype: Optional[torch.dtype] = None,
-            device=None, config: Union[str, ViTConfig, None] = None, num_heads: Optional[int] = None) -> FusedViT:
+            device=None, config: Union[str, ViTConfig, None] = None, num_heads: Optional[int] = None,
+            norm: str = "separate") -> FusedViT:
     """Fold a reference model into a fused inference model.
 
     model:   a `VisionTransformer` from `create_model`, or a timm/deit-layout state dict (then `config` — a name or a
@@ -25,6 +26,11 @@ def convert(model: Union[VisionTransformer, Mapping], backend: str = "auto", *, 
              `num_heads` is given).
     backend: "auto" (Triton on CUDA when triton is installed, else torch), "torch", "triton", "cuda".
     dtype, device: of the fused model; default the model's. Inputs must then be of that dtype and device.
+    norm:    "separate" (default: a normalisation kernel writes x̂ for the QKV and fc1 GEMMs, 7 launches per block)
+             or "fused" (Triton backend only: the residual GEMMs write per-row statistics of their output and the
+             QKV / fc1 GEMMs apply the LayerNorm in their epilogue, 5 launches per block, no x̂ in memory). Which
+             is faster is for the GPU benchmark to say (bench/notes/normalize.md); both give the same outputs within
+             the dtype's rounding.
     BatchNorm in an hMLP stem is folded with its running statistics (eval semantics) whatever mode `model` is in.
     """
     if isinstance(model, Mapping):
@@ -44,6 +50,6 @@ def convert(model: Union[VisionTransformer, Mapping], backend: str = "auto", *, 
         raise TypeError(f"dtype must be one of {_DTYPES}, got {dtype}")
     device = concrete_device(device) if device is not None else param.device
     backend = resolve_backend(backend, device)
-    ops = make_ops(backend)
+    ops = make_ops(backend, norm)
     weights = ops.prepare(fold_model(model), dtype, device)
     return FusedViT(weights, ops, dtype, device)

@@ -4,8 +4,10 @@ Pure functions on tensors, one file per op. Each op is also registered with torc
 (via ``triton_op`` + ``wrap_triton``) so torch.compile and CUDA graphs can trace it.
 
     normalize(x, eps=1e-6, out_dtype=None)                                   -> ttf::normalize
+    row_stats(x) -> RowStats                                                  -> ttf::row_stats
     linear(x, weight, bias=None, residual=None, activation=None,
-           out_dtype=None, allow_tf32=False)                                  -> ttf::linear
+           out_dtype=None, allow_tf32=False,
+           norm=None, colsum=None, eps=1e-6, return_stats=False)             -> ttf::linear, ttf::linear_stats
     attention(qkv, num_heads, head_dim, scale=1.0)                            -> ttf::attention
     patch_embed(images, weight, bias=None, pos=None, cls=None, ...)           -> ttf::patch_embed
     hmlp_stem(images, prepare_hmlp_stem(folded), pos=None, cls=None, ...)     -> ttf::hmlp_stem
@@ -29,8 +31,9 @@ except ImportError as exc:
 
 from ._common import NAMESPACE, interpreter_active
 from .attention import SUPPORTED_HEAD_DIMS, attention, attention_ref
-from .linear import linear, linear_ref
-from .normalize import normalize, normalize_ref
+from ._common import RowStats
+from .linear import STAT_W, column_sums, linear, linear_ref
+from .normalize import normalize, normalize_ref, row_stats, row_stats_ref
 
 from .hmlp_stem import HMLPStemWeights, hmlp_stem, hmlp_stem_ref, prepare_hmlp_stem
 from .patch_embed import patch_embed, patch_embed_ref
@@ -42,6 +45,11 @@ __all__ = [
     "normalize_ref",
     "linear",
     "linear_ref",
+    "column_sums",
+    "STAT_W",
+    "RowStats",
+    "row_stats",
+    "row_stats_ref",
     "attention",
     "attention_ref",
     "SUPPORTED_HEAD_DIMS",

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable, Iterable, Sequence
+from typing import NamedTuple
 
 import torch
 
@@ -47,6 +48,7 @@ __all__ = [
     "register_op",
     "wrap_triton",
     "next_power_of_2",
+    "RowStats",
 ]
 
 #: torch.library namespace of every op in this package: ``torch.ops.ttf.<name>``.
@@ -54,6 +56,20 @@ NAMESPACE = "ttf"
 
 #: Floating dtypes the kernels accept as inputs (bf16 ``tl.dot`` is wrong under the interpreter; see tests).
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+class RowStats(NamedTuple):
+    """Partial LayerNorm statistics of the rows of an activation x (..., D), for a GEMM that normalises x in its
+    epilogue instead of reading a normalised copy.
+
+    partials: (..., T, 2) fp32; slot t covers columns [t·width, min((t+1)·width, D)) and holds that slot's mean and
+        Σ(x − mean)² (M2); T = ceil(D / width). Written by `row_stats` (one slot, width D) or by a `linear` with
+        ``return_stats=True`` (slots of its output tile, width 32). Merged exactly (Chan, Golub & LeVeque's parallel
+        formula: no E[x²] − E[x]² cancellation) by `linear(..., norm=...)`.
+    width: columns per slot.
+    """
+    partials: torch.Tensor
+    width: int
 
 
 def interpreter_active() -> bool:

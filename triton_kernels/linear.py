@@ -29,10 +29,13 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (FLOAT_DTYPES, autotuned, check_out, check_same_device, check_tensor, device_guard,
-                      interpreter_active, register_op, skip_launch, tuned_or_first, wrap_triton)
+from ._common import (FLOAT_DTYPES, RowStats, autotuned, check_out, check_same_device, check_tensor, device_guard,
+                      interpreter_active, next_power_of_2, register_op, skip_launch, tuned_or_first, wrap_triton)
 
-__all__ = ["linear", "linear_ref", "ACTIVATIONS"]
+__all__ = ["linear", "linear_ref", "column_sums", "ACTIVATIONS", "STAT_W"]
+
+#: Output columns per statistics slot of ``linear(..., return_stats=True)``; divides every config's BLOCK_N.
+STAT_W = 32
 
 #: Supported epilogue activations (the ``activation`` string) -> kernel constexpr code.
 ACTIVATIONS = {None: 0, "gelu": 1}
@@ -46,15 +49,26 @@ def _linear_kernel(
     b_ptr,  # (N,) bias; unused when HAS_BIAS is False
     r_ptr,  # (M, N) residual, row stride stride_rm; unused when HAS_RESIDUAL is False
     y_ptr,  # (M, N) output, row stride stride_ym
+    s_ptr,  # (M, T_IN, 2) fp32 partial row statistics of x (NORM_IN): see RowStats
+    c_ptr,  # (N,) fp32 Σ_k W[n, k] of the weight as stored (NORM_IN)
+    so_ptr,  # (M, cdiv(N, STAT_W), 2) fp32 partial row statistics of y, as stored (STATS_OUT)
     # sizes
     M, N, K,
     # strides
     stride_xm, stride_wn, stride_rm, stride_ym,
+    # scalars
+    eps,  # LayerNorm epsilon (NORM_IN)
     # meta-parameters
     HAS_BIAS: tl.constexpr,
     HAS_RESIDUAL: tl.constexpr,
     ACTIVATION: tl.constexpr,  # 0 identity, 1 exact-erf GELU (applied before the residual add)
     INPUT_PRECISION: tl.constexpr,  # "ieee" or "tf32"; only matters for fp32 operands
+    NORM_IN: tl.constexpr,  # y = LN(x) @ Wᵀ...: merge x's row statistics, correct the accumulator (module docstring)
+    W_IN: tl.constexpr,  # columns per slot of the input statistics
+    T_IN: tl.constexpr,  # slots per row of the input statistics, cdiv(K, W_IN)
+    T_IN_PAD: tl.constexpr,  # next power of two >= max(T_IN, 2)
+    STATS_OUT: tl.constexpr,  # also write y's partial row statistics, one slot per STAT_W output columns
+    STAT_W: tl.constexpr,  # divides BLOCK_N
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -90,18 +104,52 @@ def _linear_kernel(
         x_ptrs += BLOCK_K
         w_ptrs += BLOCK_K
 
-    # Epilogue in fp32: bias, activation, residual, then a single rounding on store.
+    # Epilogue in fp32: LayerNorm correction, bias, activation, residual, then a single rounding on store.
+    offs_m64 = offs_m.to(tl.int64)
+    if NORM_IN:
+        # Merge the row's statistic slots exactly: μ = Σ n_t μ_t / K, M2 = Σ M2_t + n_t (μ_t − μ)².
+        t = tl.arange(0, T_IN_PAD)
+        t_ok = t < T_IN
+        n_t = tl.where(t_ok, tl.minimum(K - t * W_IN, W_IN), 0).to(tl.float32)
+        sp = s_ptr + offs_m64[:, None] * (T_IN * 2) + t[None, :] * 2
+        s_mask = mask_m[:, None] & t_ok[None, :]
+        mu_t = tl.load(sp, mask=s_mask, other=0.0)
+        m2_t = tl.load(sp + 1, mask=s_mask, other=0.0)
+        mean = tl.sum(mu_t * n_t[None, :], axis=1) / K
+        dev = mu_t - mean[:, None]
+        m2 = tl.sum(m2_t + n_t[None, :] * dev * dev, axis=1)
+        rstd = 1.0 / tl.sqrt(m2 / K + eps)
+        # (x − μ)·rstd @ Wᵀ = rstd·(x @ Wᵀ − μ·Σ_k W[n, k]): the main loop multiplied the raw rows.
+        csum = tl.load(c_ptr + offs_n, mask=mask_n, other=0.0)
+        acc = (acc - mean[:, None] * csum[None, :]) * rstd[:, None]
     if HAS_BIAS:
         bias = tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
         acc = acc + bias[None, :]
     if ACTIVATION == 1:
         acc = 0.5 * acc * (1.0 + tl.math.erf(acc * 0.7071067811865476))  # 1/√2
     mask = mask_m[:, None] & mask_n[None, :]
-    offs_m64 = offs_m.to(tl.int64)
     if HAS_RESIDUAL:
         res = tl.load(r_ptr + offs_m64[:, None] * stride_rm + offs_n[None, :], mask=mask, other=0.0)
         acc = acc + res.to(tl.float32)
-    tl.store(y_ptr + offs_m64[:, None] * stride_ym + offs_n[None, :], acc.to(y_ptr.dtype.element_ty), mask=mask)
+    y = acc.to(y_ptr.dtype.element_ty)
+    tl.store(y_ptr + offs_m64[:, None] * stride_ym + offs_n[None, :], y, mask=mask)
+    if STATS_OUT:
+        # Statistics of the values as stored (rounded), per slot of STAT_W columns of this tile. Columns >= N hold
+        # exact zeros (masked W, bias and residual loads) but are excluded from the counts and the M2 sums.
+        G: tl.constexpr = BLOCK_N // STAT_W
+        y3 = tl.reshape(y.to(tl.float32), (BLOCK_M, G, STAT_W))
+        col3 = tl.reshape(tl.broadcast_to(offs_n[None, :], (BLOCK_M, BLOCK_N)), (BLOCK_M, G, STAT_W))
+        ok3 = col3 < N
+        cnt = tl.sum(ok3.to(tl.float32), axis=2)
+        mu = tl.sum(y3, axis=2) / tl.maximum(cnt, 1.0)
+        d3 = tl.where(ok3, y3 - mu[:, :, None], 0.0)
+        m2o = tl.sum(d3 * d3, axis=2)
+        slot = pid_n * G + tl.arange(0, G)
+        t_out = tl.cdiv(N, STAT_W)
+        op = so_ptr + offs_m64[:, None] * (t_out * 2) + slot[None, :] * 2
+        o_mask = mask_m[:, None] & (slot < t_out)[None, :]
+        tl.store(op, mu, mask=o_mask)
+        tl.store(op + 1, m2o, mask=o_mask)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -148,8 +196,10 @@ _INTERPRETER_META = {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 4}
 
 def _linear_launch(x2: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                    residual2: Optional[torch.Tensor], y2: torch.Tensor, activation: Optional[str],
-                   allow_tf32: bool) -> None:
-    """Launch on validated 2-D operands: x2 (M, K), weight (N, K), residual2 (M, N) or None, y2 (M, N)."""
+                   allow_tf32: bool, norm: Optional[RowStats] = None, colsum: Optional[torch.Tensor] = None,
+                   eps: float = 0.0, stats_out: Optional[torch.Tensor] = None) -> None:
+    """Launch on validated 2-D operands: x2 (M, K), weight (N, K), residual2 (M, N) or None, y2 (M, N); norm with
+    partials viewed as (M, T_IN, 2); stats_out (M, cdiv(N, STAT_W), 2) or None."""
     M, K = x2.shape
     N = weight.shape[0]
     if M == 0 or skip_launch(x2):
@@ -158,6 +208,7 @@ def _linear_launch(x2: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.
     b_arg = bias if bias is not None else weight
     r_arg = residual2 if residual2 is not None else x2
     stride_rm = residual2.stride(0) if residual2 is not None else 0
+    t_in = norm.partials.shape[-2] if norm is not None else 1
     precision = "tf32" if (allow_tf32 and x2.dtype == torch.float32) else "ieee"
 
     def grid(meta):
@@ -174,14 +225,44 @@ def _linear_launch(x2: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.
     with device_guard(x2):
         wrap_triton(kernel)[grid](
             x2, weight, b_arg, r_arg, y2,
+            norm.partials if norm is not None else x2, colsum if colsum is not None else x2,
+            stats_out if stats_out is not None else x2,
             M, N, K,
             x2.stride(0), weight.stride(0), stride_rm, y2.stride(0),
+            float(eps),
             HAS_BIAS=bias is not None,
             HAS_RESIDUAL=residual2 is not None,
             ACTIVATION=ACTIVATIONS[activation],
             INPUT_PRECISION=precision,
+            NORM_IN=norm is not None,
+            W_IN=norm.width if norm is not None else 1,
+            T_IN=t_in,
+            T_IN_PAD=max(2, next_power_of_2(t_in)),
+            STATS_OUT=stats_out is not None,
+            STAT_W=STAT_W,
             **meta,
         )
+
+
+def _check_norm_args(x, weight, norm_partials, norm_width, norm_colsum, norm_eps):
+    """Validate the fused-LayerNorm inputs of `linear` (all None/0 when unused)."""
+    if norm_partials is None:
+        if norm_colsum is not None:
+            raise ValueError("norm_colsum given without norm statistics")
+        return
+    N, K = weight.shape
+    if norm_colsum is None:
+        raise ValueError("linear(norm=...) needs colsum: the fp32 row sums weight.double().sum(1) of the weight "
+                         "as stored (see column_sums)")
+    if not isinstance(norm_width, int) or not 1 <= norm_width <= K:
+        raise ValueError(f"norm width must be an int in [1, {K}] (x's row length), got {norm_width!r}")
+    t = -(-K // norm_width)
+    check_tensor(norm_partials, "norm.partials", ndim=x.dim() + 1, shape=tuple(x.shape[:-1]) + (t, 2),
+                 dtypes=None, dtype=torch.float32)
+    check_tensor(norm_colsum, "colsum", ndim=1, shape=(N,), dtypes=None, dtype=torch.float32)
+    if not isinstance(norm_eps, (int, float)) or not norm_eps >= 0:
+        raise ValueError(f"eps must be a non-negative float, got {norm_eps!r}")
+    check_same_device(x=x, norm_partials=norm_partials, colsum=norm_colsum)
 
 
 def _check_linear_args(x, weight, bias, residual, activation, out_dtype):
@@ -208,25 +289,66 @@ def _check_linear_args(x, weight, bias, residual, activation, out_dtype):
     return out_shape, out_dtype
 
 
+def _prepare_call(x, weight, bias, residual, activation, out_dtype, norm_partials, norm_width, norm_colsum,
+                  norm_eps):
+    out_shape, out_dtype = _check_linear_args(x, weight, bias, residual, activation, out_dtype)
+    _check_norm_args(x, weight, norm_partials, norm_width, norm_colsum, norm_eps)
+    norm = None
+    if norm_partials is not None:
+        norm = RowStats(norm_partials.view(-1, norm_partials.shape[-2], 2), norm_width)
+    return out_shape, out_dtype, norm
+
+
+def _stats_shape(out_shape) -> tuple:
+    return tuple(out_shape[:-1]) + (-(-out_shape[-1] // STAT_W), 2)
+
+
 def _linear_op(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                residual: Optional[torch.Tensor], activation: Optional[str], out_dtype: Optional[torch.dtype],
-               allow_tf32: bool) -> torch.Tensor:
-    out_shape, out_dtype = _check_linear_args(x, weight, bias, residual, activation, out_dtype)
+               allow_tf32: bool, norm_partials: Optional[torch.Tensor] = None, norm_width: int = 0,
+               norm_colsum: Optional[torch.Tensor] = None, norm_eps: float = 0.0) -> torch.Tensor:
+    out_shape, out_dtype, norm = _prepare_call(x, weight, bias, residual, activation, out_dtype, norm_partials,
+                                               norm_width, norm_colsum, norm_eps)
     y = torch.empty(out_shape, dtype=out_dtype, device=x.device)
     K, N = weight.shape[1], weight.shape[0]
     _linear_launch(x.view(-1, K), weight, bias, None if residual is None else residual.view(-1, N),
-                   y.view(-1, N), activation, allow_tf32)
+                   y.view(-1, N), activation, allow_tf32, norm, norm_colsum, norm_eps)
     return y
 
 
+def _linear_stats_op(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                     residual: Optional[torch.Tensor], activation: Optional[str], out_dtype: Optional[torch.dtype],
+                     allow_tf32: bool, norm_partials: Optional[torch.Tensor] = None, norm_width: int = 0,
+                     norm_colsum: Optional[torch.Tensor] = None,
+                     norm_eps: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    out_shape, out_dtype, norm = _prepare_call(x, weight, bias, residual, activation, out_dtype, norm_partials,
+                                               norm_width, norm_colsum, norm_eps)
+    y = torch.empty(out_shape, dtype=out_dtype, device=x.device)
+    stats = torch.empty(_stats_shape(out_shape), dtype=torch.float32, device=x.device)
+    K, N = weight.shape[1], weight.shape[0]
+    _linear_launch(x.view(-1, K), weight, bias, None if residual is None else residual.view(-1, N),
+                   y.view(-1, N), activation, allow_tf32, norm, norm_colsum, norm_eps,
+                   stats.view(-1, stats.shape[-2], 2))
+    return y, stats
+
+
 _linear_registered = register_op("linear", _linear_op)
+_linear_stats_registered = register_op("linear_stats", _linear_stats_op)
+
+
+def column_sums(weight: torch.Tensor) -> torch.Tensor:
+    """Σ_k weight[n, k] in float64, returned as fp32 (N,): the `colsum` a normalising `linear` needs. Compute it from
+    the weight exactly as the GEMM reads it (after any cast), once per weight, not per call."""
+    return weight.detach().double().sum(dim=1).float().contiguous()
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
            residual: Optional[torch.Tensor] = None, activation: Optional[str] = None,
            out_dtype: Optional[torch.dtype] = None, allow_tf32: bool = False,
-           out: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """``y = act(x @ weight.T + bias) + residual`` in one kernel, fp32 accumulation.
+           norm: Optional[RowStats] = None, colsum: Optional[torch.Tensor] = None, eps: float = 1e-6,
+           return_stats: bool = False, out: Optional[torch.Tensor] = None):
+    """``y = act(x @ weight.T + bias) + residual`` in one kernel, fp32 accumulation; optionally LayerNorm'd input
+    and output statistics for the next one.
 
     Args:
         x: (..., K) float16/bfloat16/float32, contiguous, CUDA (CPU only under ``TRITON_INTERPRET=1``).
@@ -237,35 +359,58 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] =
         activation: None or ``"gelu"`` (exact erf GELU).
         out_dtype: result dtype (default x.dtype).
         allow_tf32: fp32 operands use TF32 tensor cores (faster, ~1e-3 relative error) instead of IEEE fp32.
+        norm: RowStats of x (from `row_stats(x)` or a previous ``linear(..., return_stats=True)`` that produced x):
+            computes ``act(LN(x) @ weight.T + bias) + residual`` with LN = LayerNorm without affine (fold the affine
+            into weight/bias). The main loop multiplies the raw x; the epilogue applies
+            ``rstd·(acc − mean·colsum)``, so no normalised copy of x is written or read.
+        colsum: with `norm`, ``column_sums(weight)`` (fp32 (N,)), computed once per weight.
+        eps: with `norm`, the LayerNorm epsilon.
+        return_stats: also return RowStats of y as stored (slots of 32 columns), for the next normalising GEMM.
         out: optional preallocated result (..., N) of dtype ``out_dtype or x.dtype``, not sharing memory with any
             input. Bypasses the registered op (eager only); used by tests to poison the output.
 
     Returns:
-        y, shape (..., N). Registered as
-        ``torch.ops.ttf.linear(x, weight, bias, residual, activation, out_dtype, allow_tf32)``.
+        y, shape (..., N); with ``return_stats`` a tuple (y, RowStats((..., ceil(N / 32), 2) fp32, 32)).
+        Registered as ``torch.ops.ttf.linear(x, weight, bias, residual, activation, out_dtype, allow_tf32,
+        norm_partials, norm_width, norm_colsum, norm_eps)``, and ``torch.ops.ttf.linear_stats(...)`` (same
+        arguments, returns (y, partials)).
 
     On CUDA the kernel autotunes on the first call for each (M, N, K): warm up before CUDA-graph capture.
     """
+    if norm is not None and not isinstance(norm, RowStats):
+        raise TypeError(f"norm must be a RowStats (from row_stats or linear(..., return_stats=True)), got "
+                        f"{type(norm).__name__}")
+    n_args = (norm.partials, int(norm.width), colsum, float(eps)) if norm is not None else (None, 0, colsum, 0.0)
     if out is None:
-        return _linear_registered(x, weight, bias, residual, activation, out_dtype, bool(allow_tf32))
-    out_shape, out_dtype = _check_linear_args(x, weight, bias, residual, activation, out_dtype)
+        if return_stats:
+            y, stats = _linear_stats_registered(x, weight, bias, residual, activation, out_dtype, bool(allow_tf32),
+                                                *n_args)
+            return y, RowStats(stats, STAT_W)
+        return _linear_registered(x, weight, bias, residual, activation, out_dtype, bool(allow_tf32), *n_args)
+    if return_stats:
+        raise ValueError("out= and return_stats=True cannot be combined")
+    out_shape, out_dtype, nrm = _prepare_call(x, weight, bias, residual, activation, out_dtype, *n_args)
     check_out(out, "out", out_shape, out_dtype, x.device,
               {"x": x, "weight": weight, "bias": bias, "residual": residual})
     K, N = weight.shape[1], weight.shape[0]
     _linear_launch(x.view(-1, K), weight, bias, None if residual is None else residual.view(-1, N),
-                   out.view(-1, N), activation, bool(allow_tf32))
+                   out.view(-1, N), activation, bool(allow_tf32), nrm, colsum, n_args[3])
     return out
 
 
 def linear_ref(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
                residual: Optional[torch.Tensor] = None, activation: Optional[str] = None,
-               out_dtype: Optional[torch.dtype] = None, upcast: bool = False) -> torch.Tensor:
+               out_dtype: Optional[torch.dtype] = None, upcast: bool = False, normalize_input: bool = False,
+               eps: float = 1e-6) -> torch.Tensor:
     """Reference in plain PyTorch, op by op (each op rounds to the working dtype, as an unfused model would).
+    normalize_input=True applies LayerNorm without affine (`eps`) to x first: the reference of ``linear(norm=...)``.
 
     upcast=True computes everything in float64 and returns float64 (the oracle); otherwise it works in x.dtype
     and casts the result to ``out_dtype``.
     """
     dt = torch.float64 if upcast else x.dtype
+    if normalize_input:  # the unfused chain: LayerNorm (without affine), rounded to x's dtype, then the GEMM
+        x = torch.nn.functional.layer_norm(x.to(dt), (x.shape[-1],), eps=eps)
     y = torch.nn.functional.linear(x.to(dt), weight.to(dt), None if bias is None else bias.to(dt))
     if activation == "gelu":
         y = torch.nn.functional.gelu(y)

@@ -26,10 +26,10 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (FLOAT_DTYPES, check_out, check_tensor, device_guard, interpreter_active, next_power_of_2,
-                      register_op, skip_launch, wrap_triton)
+from ._common import (FLOAT_DTYPES, RowStats, check_out, check_tensor, device_guard, interpreter_active,
+                      next_power_of_2, register_op, skip_launch, wrap_triton)
 
-__all__ = ["normalize", "normalize_ref", "MAX_D"]
+__all__ = ["normalize", "normalize_ref", "row_stats", "row_stats_ref", "RowStats", "MAX_D"]
 
 #: Largest row length one program holds in registers (ViT-H is 1280; 8192 keeps register pressure sane).
 MAX_D = 8192
@@ -49,6 +49,7 @@ def _normalize_kernel(
     # meta-parameters
     BLOCK_M: tl.constexpr,  # rows per program: small D packs several rows per program to keep lanes busy
     BLOCK_D: tl.constexpr,  # next power of two >= D; the whole row lives in registers
+    STATS: tl.constexpr = False,  # write the row statistics (μ, Σ(x−μ)²) to y_ptr as (M, 1, 2) fp32 instead of x̂
 ):
     pid = tl.program_id(0)
     rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -62,10 +63,14 @@ def _normalize_kernel(
     mean = tl.sum(x, axis=1) / D
     # Padded columns must not contribute (x − μ) to the variance: zero them explicitly.
     xc = tl.where(mask, x - mean[:, None], 0.0)
-    var = tl.sum(xc * xc, axis=1) / D
-    rstd = 1.0 / tl.sqrt(var + eps)  # 1/sqrt rather than rsqrt: bit-closer to torch's layer_norm
-    y = xc * rstd[:, None]
-    tl.store(y_ptr + rows64[:, None] * stride_ym + cols[None, :], y.to(y_ptr.dtype.element_ty), mask=mask)
+    m2 = tl.sum(xc * xc, axis=1)
+    if STATS:  # one (μ, M2) slot per row, the format `linear(norm=RowStats(...))` merges in its epilogue
+        tl.store(y_ptr + rows64 * stride_ym, mean, mask=row_mask)
+        tl.store(y_ptr + rows64 * stride_ym + 1, m2, mask=row_mask)
+    else:
+        rstd = 1.0 / tl.sqrt(m2 / D + eps)  # 1/sqrt rather than rsqrt: bit-closer to torch's layer_norm
+        y = xc * rstd[:, None]
+        tl.store(y_ptr + rows64[:, None] * stride_ym + cols[None, :], y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
 def _normalize_meta(D: int) -> tuple[int, int, int]:
@@ -81,8 +86,8 @@ def _normalize_meta(D: int) -> tuple[int, int, int]:
     return block_m, block_d, num_warps
 
 
-def _normalize_launch(x2: torch.Tensor, y2: torch.Tensor, eps: float) -> None:
-    """Launch on 2-D views x2, y2 of shape (M, D) (contiguous; validated by the caller)."""
+def _normalize_launch(x2: torch.Tensor, y2: torch.Tensor, eps: float, stats: bool = False) -> None:
+    """Launch on 2-D views x2 (M, D) and y2: (M, D) x̂, or with ``stats`` (M, 2) fp32 row statistics."""
     M, D = x2.shape
     if M == 0 or skip_launch(x2):
         return
@@ -94,7 +99,7 @@ def _normalize_launch(x2: torch.Tensor, y2: torch.Tensor, eps: float) -> None:
             M, D,
             x2.stride(0), y2.stride(0),
             eps,
-            BLOCK_M=block_m, BLOCK_D=block_d, num_warps=num_warps,
+            BLOCK_M=block_m, BLOCK_D=block_d, STATS=stats, num_warps=num_warps,
         )
 
 
@@ -122,6 +127,30 @@ def _normalize_op(x: torch.Tensor, eps: float, out_dtype: Optional[torch.dtype])
 _normalize_registered = register_op("normalize", _normalize_op)
 
 
+def _row_stats_op(x: torch.Tensor) -> torch.Tensor:
+    _check_normalize_args(x, 0.0, None)
+    D = x.shape[-1]
+    s = torch.empty(tuple(x.shape[:-1]) + (1, 2), dtype=torch.float32, device=x.device)
+    _normalize_launch(x.view(-1, D), s.view(-1, 2), 0.0, stats=True)
+    return s
+
+
+_row_stats_registered = register_op("row_stats", _row_stats_op)
+
+
+def row_stats(x: torch.Tensor) -> RowStats:
+    """LayerNorm statistics of every row, for a GEMM that normalises in its epilogue (`linear(..., norm=...)`).
+
+    Args:
+        x: (..., D) float16/bfloat16/float32, contiguous, CUDA (CPU only under ``TRITON_INTERPRET=1``), 1 <= D <= 8192.
+
+    Returns:
+        RowStats(partials (..., 1, 2) fp32 = (mean, Σ(x − mean)²) per row, width D). Registered as
+        ``torch.ops.ttf.row_stats(x)``. Reads x once and writes 8 B per row, where `normalize` writes all of x̂.
+    """
+    return RowStats(_row_stats_registered(x), x.shape[-1])
+
+
 def normalize(x: torch.Tensor, eps: float = 1e-6, out_dtype: Optional[torch.dtype] = None,
               out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """LayerNorm without affine over the last dim: ``(x − mean) / sqrt(var + eps)``, statistics in fp32.
@@ -144,6 +173,18 @@ def normalize(x: torch.Tensor, eps: float = 1e-6, out_dtype: Optional[torch.dtyp
     D = x.shape[-1]
     _normalize_launch(x.view(-1, D), out.view(-1, D), float(eps))
     return out
+
+
+def row_stats_ref(x: torch.Tensor, width: Optional[int] = None) -> RowStats:
+    """Reference partial statistics in float64: slots of `width` columns (default the whole row), (..., T, 2)."""
+    D = x.shape[-1]
+    w = D if width is None else int(width)
+    slots = []
+    for t0 in range(0, D, w):
+        part = x[..., t0:t0 + w].double()
+        mean = part.mean(-1)
+        slots.append(torch.stack([mean, ((part - mean[..., None]) ** 2).sum(-1)], -1))
+    return RowStats(torch.stack(slots, -2), w)
 
 
 def normalize_ref(x: torch.Tensor, eps: float = 1e-6, out_dtype: Optional[torch.dtype] = None,

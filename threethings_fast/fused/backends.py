@@ -35,11 +35,17 @@ def resolve_backend(name: str, device: torch.device) -> str:
     return name
 
 
-def make_ops(name: str):
+def make_ops(name: str, norm: str = "separate"):
+    """The ops object of backend `name`. norm: "separate" (a normalisation kernel writes x̂) or, Triton only,
+    "fused" (the GEMMs exchange row statistics and normalise in their epilogue)."""
+    if norm not in ("separate", "fused"):
+        raise ValueError(f"norm must be 'separate' or 'fused', got {norm!r}")
     if name == "torch":
+        if norm != "separate":
+            raise ValueError("norm='fused' needs the Triton backend (backend='triton', or 'auto' on CUDA)")
         from .ops_torch import TorchOps
         return TorchOps()
     if name == "triton":
         from .ops_triton import TritonOps
-        return TritonOps()
+        return TritonOps(norm)
     raise RuntimeError(f"no ops for backend {name!r}")

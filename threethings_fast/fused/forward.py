@@ -1,14 +1,18 @@
 """The fused forward pass, written once over a small set of ops that each backend provides.
 
 Per block (any K): normalise, QKV GEMM, attention over K*H heads, out-proj GEMM (+residual), normalise,
-fc1 GEMM (+GELU), fc2 GEMM (+residual): 7 launches whatever K is, against about 12*K unfused.
+fc1 GEMM (+GELU), fc2 GEMM (+residual): 7 launches whatever K is, against about 12*K unfused — or 5 when the ops
+fuse the normalisations into the GEMMs (Triton backend, norm="fused").
 
 An ops object provides:
     embed(images, weights) -> (B, N, D) tokens with class token and positions
-    normalize(x (M, D), eps) -> x̂ (M, D)                        LayerNorm without affine
-    linear(x (M, K), w (N, K), b (N,), activation=None|"gelu", residual=None|(M, N), workspace=None) -> (M, N)
+    normalize(x (M, D), eps) -> x̂: LayerNorm without affine, as whatever `linear` accepts for x (a tensor, or a
+        handle carrying x and its row statistics when the GEMM normalises in its epilogue)
+    linear(x (M, K), w (N, K), b (N,), activation=None|"gelu", residual=None|(M, N), workspace=None,
+           then_normalize=None|eps) -> (M, N)
         may update `residual` in place and return it; `workspace` names a buffer the ops may reuse for the output
-        across calls (the output is then only valid until the next call with that name)
+        across calls (the output is then only valid until the next call with that name); with `then_normalize`
+        returns (y, normalize(y, eps)) — the residual GEMMs can produce the statistics in their epilogue
     attention(qkv (B, N, 3*Hh*d), num_heads=Hh, head_dim=d) -> (B, N, Hh*d)   scale already folded into q
 """
 from __future__ import annotations
@@ -25,12 +29,17 @@ def vit_forward(ops, weights: FusedWeights, images: torch.Tensor) -> torch.Tenso
     x = ops.embed(images, weights)                     # (B, N, D)
     b, n, d = x.shape
     x = x.reshape(b * n, d)
-    for blk in weights.blocks:
-        qkv = ops.linear(ops.normalize(x, eps), blk.w_qkv, blk.b_qkv, workspace="qkv")     # (B*N, 3KD)
+    xn = ops.normalize(x, eps)
+    last = len(weights.blocks) - 1
+    for i, blk in enumerate(weights.blocks):
+        qkv = ops.linear(xn, blk.w_qkv, blk.b_qkv, workspace="qkv")                         # (B*N, 3KD)
         o = ops.attention(qkv.view(b, n, -1), num_heads=heads, head_dim=cfg.head_dim)      # (B, N, KD)
-        x = ops.linear(o.view(b * n, -1), blk.w_proj, blk.b_proj, residual=x)             # (B*N, D)
-        h = ops.linear(ops.normalize(x, eps), blk.w_fc1, blk.b_fc1, activation="gelu",
-                       workspace="fc1")                                                    # (B*N, KF)
-        x = ops.linear(h, blk.w_fc2, blk.b_fc2, residual=x)                               # (B*N, D)
+        x, xn = ops.linear(o.view(b * n, -1), blk.w_proj, blk.b_proj, residual=x,
+                           then_normalize=eps)                                             # (B*N, D)
+        h = ops.linear(xn, blk.w_fc1, blk.b_fc1, activation="gelu", workspace="fc1")       # (B*N, KF)
+        if i < last:
+            x, xn = ops.linear(h, blk.w_fc2, blk.b_fc2, residual=x, then_normalize=eps)    # (B*N, D)
+        else:
+            x = ops.linear(h, blk.w_fc2, blk.b_fc2, residual=x)
     cls = x.view(b, n, d)[:, 0].contiguous()           # only the class token reaches the head
     return ops.linear(ops.normalize(cls, eps), weights.head_w, weights.head_b)

@@ -35,7 +35,8 @@ class FusedViT(nn.Module):
 
     def extra_repr(self) -> str:
         c = self.config
-        return (f"backend={self.backend}, dtype={self.dtype}, device={self.device}, depth={c.depth}, "
+        norm = getattr(self.ops, "norm", "separate")
+        return (f"backend={self.backend}, norm={norm}, dtype={self.dtype}, device={self.device}, depth={c.depth}, "
                 f"K={c.num_parallel}, D={c.embed_dim}, heads={c.num_heads}, stem={c.stem}, img_size={c.img_size}")
 
     def train(self, mode: bool = True):
@@ -87,5 +88,8 @@ class FusedViT(nn.Module):
             if "pos" in parts:
                 w.cls_pos.copy_(folded["cls_pos"].to(dt))
                 w.pos_patches.copy_(folded["pos_patches"].to(dt))
+        refresh = getattr(self.ops, "refresh", None)
+        if refresh is not None:  # what a backend derives from the weights (Triton norm="fused": column sums)
+            refresh(w)
         return self
 

@@ -62,7 +62,11 @@ class TorchOps:
     def normalize(x: torch.Tensor, eps: float) -> torch.Tensor:
         return F.layer_norm(x, (x.shape[-1],), eps=eps)
 
-    def linear(self, x, w, b, activation=None, residual=None, workspace=None):
+    def linear(self, x, w, b, activation=None, residual=None, workspace=None, then_normalize=None):
+        y = self._linear(x, w, b, activation, residual, workspace)
+        return y if then_normalize is None else (y, self.normalize(y, then_normalize))
+
+    def _linear(self, x, w, b, activation, residual, workspace):
         if activation not in (None, "gelu"):
             raise ValueError(f"unknown activation {activation!r}")
         if residual is not None and activation is None:

@@ -1,21 +1,43 @@
 """The Triton backend: the fused forward (threethings_fast.fused.forward) on the Triton kernels of
-threethings_fast.triton_kernels. Per block: normalize, linear (QKV), attention over K*H heads, linear (+residual),
-normalize, linear (+GELU), linear (+residual) — 7 launches whatever K is; the stem is one launch (class token and
-positions fused). Launchers never sync with the host, so a whole forward can be captured in a CUDA graph
+threethings_fast.triton_kernels. Per block, with norm="separate" (default): normalize, linear (QKV), attention over
+K*H heads, linear (+residual), normalize, linear (+GELU), linear (+residual) — 7 launches whatever K is. With
+norm="fused": the residual GEMMs also write their output's row statistics (per 32-column slot) and the QKV / fc1
+GEMMs apply the LayerNorm in their epilogue (rstd·(x @ Wᵀ − mean·Σ_k W)) — 5 launches per block, no normalised
+copy of the residual stream written or read; one `row_stats` launch after the stem. The stem is one launch (class
+token and positions fused). Launchers never sync with the host, so a whole forward can be captured in a CUDA graph
 (threethings_fast.fused.graphs)."""
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
 from .weights import FusedWeights, cast_common
 
+NORM_MODES = ("separate", "fused")
+
+
+@dataclass
+class _Normed:
+    """x with its row statistics: what `normalize` hands to a normalising GEMM in norm="fused" mode."""
+
+    x: torch.Tensor
+    stats: object   # triton_kernels.RowStats
+    eps: float
+
 
 class TritonOps:
     name = "triton"
 
-    def __init__(self):
+    def __init__(self, norm: str = "separate"):
         from .. import triton_kernels as tk  # import here: triton is optional for the rest of the package
+        if norm not in NORM_MODES:
+            raise ValueError(f"norm must be one of {NORM_MODES}, got {norm!r}")
         self.tk = tk
+        self.norm = norm
+        # norm="fused": Σ_k W[n, k] of each normalised GEMM's weight (QKV, fc1, head), keyed by the tensor's id;
+        # refreshed in place by `refresh` after FusedViT.refold (CUDA graphs keep their addresses).
+        self._colsum: dict[int, torch.Tensor] = {}
 
     def prepare(self, folded: dict, dtype: torch.dtype, device) -> FusedWeights:
         if dtype == torch.float64:
@@ -28,8 +50,21 @@ class TritonOps:
         else:
             prepared = {"kind": stem["kind"], "packed": self.tk.prepare_hmlp_stem(stem, dtype, device)}
         common = cast_common(folded, dtype, device)
-        return FusedWeights(config=folded["config"], stem=prepared, **common,
-                            extras={"cls_row": common["cls_pos"].reshape(-1)})
+        weights = FusedWeights(config=folded["config"], stem=prepared, **common,
+                               extras={"cls_row": common["cls_pos"].reshape(-1)})
+        self.refresh(weights)
+        return weights
+
+    def refresh(self, weights: FusedWeights) -> None:
+        """Recompute what is derived from the packed weights (norm="fused": the column sums), in place."""
+        if self.norm != "fused":
+            return
+        for w in [t for blk in weights.blocks for t in (blk.w_qkv, blk.w_fc1)] + [weights.head_w]:
+            c = self.tk.column_sums(w)
+            if id(w) in self._colsum:
+                self._colsum[id(w)].copy_(c)
+            else:
+                self._colsum[id(w)] = c
 
     def embed(self, images: torch.Tensor, weights: FusedWeights) -> torch.Tensor:
         stem = weights.stem
@@ -40,12 +75,28 @@ class TritonOps:
         return self.tk.hmlp_stem(images, stem["packed"], pos=weights.pos_patches, cls=cls)
 
     def normalize(self, x, eps):
+        if self.norm == "fused":
+            return _Normed(x, self.tk.row_stats(x), eps)
         return self.tk.normalize(x, eps)
 
-    def linear(self, x, w, b, activation=None, residual=None, workspace=None):
+    def linear(self, x, w, b, activation=None, residual=None, workspace=None, then_normalize=None):
         # `workspace` is ignored: the CUDA caching allocator recycles blocks without cost, and a CUDA graph
         # (fused.graphs) fixes every buffer anyway.
-        return self.tk.linear(x, w, b, residual=residual, activation=activation)
+        norm = {}
+        if isinstance(x, _Normed):
+            colsum = self._colsum.get(id(w))
+            if colsum is None:
+                raise RuntimeError("norm='fused': no column sums for this weight; call ops.refresh(weights) after "
+                                   "replacing packed weight tensors")
+            norm = dict(norm=x.stats, colsum=colsum, eps=x.eps)
+            x = x.x
+        if then_normalize is None:
+            return self.tk.linear(x, w, b, residual=residual, activation=activation, **norm)
+        if self.norm == "fused":
+            y, stats = self.tk.linear(x, w, b, residual=residual, activation=activation, return_stats=True, **norm)
+            return y, _Normed(y, stats, then_normalize)
+        y = self.tk.linear(x, w, b, residual=residual, activation=activation, **norm)
+        return y, self.tk.normalize(y, then_normalize)
 
     def attention(self, qkv, num_heads, head_dim):
         return self.tk.attention(qkv, num_heads, head_dim, 1.0)

@@ -16,6 +16,8 @@ Providers (names as they appear in every output):
     fused[torch]           convert(model, backend="torch"): folded weights, plain torch ops (the CPU path)
     fused[triton]          convert(model, backend="triton"): the Triton kernels, eager launches (CUDA)
     fused[triton]+graph    the same captured in one CUDA graph per batch size (threethings_fast.fused.graphs)
+    fused[triton/fusednorm](+graph)  convert(..., norm="fused"): LayerNorms applied in the GEMM epilogues from
+                           row statistics the residual GEMMs write (5 launches per block instead of 7)
 """
 from .cli import main, parse_args
 from .schema import SCHEMA_VERSION, validate

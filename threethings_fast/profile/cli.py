@@ -12,7 +12,8 @@ Presets (any explicit option overrides its part of the preset):
     CUDA --full   S36x1 S18x2 B36x1 B18x2; batches 1 2 4 ... 256; 5 + 30 rounds; bfloat16
 Ctrl-C (SIGINT) stops the sweep and still writes profile.json / profile.md with what was measured ("interrupted":
 true in the JSON, exit code 130).
-Providers by default: reference, branch_by_branch, fused[torch], and on CUDA fused[triton], fused[triton]+graph;
+Providers by default: reference, branch_by_branch, fused[torch], and on CUDA fused[triton], fused[triton]+graph and
+the same two with the LayerNorms fused into the GEMMs (fused[triton/fusednorm], fused[triton/fusednorm]+graph);
 --compile adds torch.compile of the reference (CUDA; one compilation per model and batch size: slow).
 """
 from __future__ import annotations
@@ -36,7 +37,8 @@ PRESETS = {
     ("cuda", "full"): dict(models=["S36x1", "S18x2", "B36x1", "B18x2"], batches=[1, 2, 4, 8, 16, 32, 64, 128, 256],
                            warmup=5, reps=30, time_budget=None),
 }
-DEFAULT_PROVIDERS = ["reference", "branch_by_branch", "fused[torch]", "fused[triton]", "fused[triton]+graph"]
+DEFAULT_PROVIDERS = ["reference", "branch_by_branch", "fused[torch]", "fused[triton]", "fused[triton]+graph",
+                     "fused[triton/fusednorm]", "fused[triton/fusednorm]+graph"]
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
 
 

@@ -16,6 +16,8 @@ COLORS = {
     "fused[torch]": "#2ca02c",
     "fused[triton]": "#d62728",
     "fused[triton]+graph": "#8c564b",
+    "fused[triton/fusednorm]": "#ff7f0e",
+    "fused[triton/fusednorm]+graph": "#9467bd",
 }
 
 

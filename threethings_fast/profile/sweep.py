@@ -33,7 +33,8 @@ from ..macs import forward_flops
 from ..timing import device_name, measure_copy_bandwidth, measure_peak_matmul, summarize, sync, time_once
 from .schema import SCHEMA_VERSION
 
-PROVIDERS = ("reference", "branch_by_branch", "compile", "fused[torch]", "fused[triton]", "fused[triton]+graph")
+PROVIDERS = ("reference", "branch_by_branch", "compile", "fused[torch]", "fused[triton]", "fused[triton]+graph",
+             "fused[triton/fusednorm]", "fused[triton/fusednorm]+graph")
 FUSED_PREFIX = "fused"
 
 
@@ -84,7 +85,7 @@ def provider_available(provider: str, cfg: ViTConfig, device: torch.device) -> O
         return "x1 model: branch by branch is the reference itself"
     if provider == "compile" and device.type != "cuda":
         return "torch.compile of the reference runs on CUDA only (compiling takes minutes on a small CPU)"
-    if provider.startswith("fused[triton]"):
+    if provider.startswith("fused[triton"):   # fused[triton], fused[triton/fusednorm], their +graph
         if device.type != "cuda":
             return "Triton runs on CUDA; on the CPU only the interpreter (timings meaningless)"
         if not triton_available():
@@ -95,9 +96,15 @@ def provider_available(provider: str, cfg: ViTConfig, device: torch.device) -> O
 
 
 def _backend_of(provider: str) -> Optional[str]:
+    """The fused model a provider runs: "torch", "triton" or "triton/fusednorm" (also the key of entry.fused)."""
     if provider.startswith("fused["):
         return provider[len("fused["):provider.index("]")]
     return None
+
+
+def _convert(model: torch.nn.Module, key: str):
+    backend, _, variant = key.partition("/")
+    return convert(model, backend=backend, norm="fused" if variant == "fusednorm" else "separate")
 
 
 def make_call(entry: ModelEntry, provider: str, images: torch.Tensor) -> tuple[Callable[[], object], Callable]:
@@ -116,7 +123,7 @@ def make_call(entry: ModelEntry, provider: str, images: torch.Tensor) -> tuple[C
     backend = _backend_of(provider)
     fused = entry.fused.get(backend)
     if fused is None:
-        fused = entry.fused[backend] = convert(entry.reference, backend=backend)
+        fused = entry.fused[backend] = _convert(entry.reference, backend)
     if provider.endswith("+graph"):
         from ..fused.graphs import capture
         holder = {"runner": capture(fused, [images.shape[0]])}
@@ -152,9 +159,9 @@ def build_models(settings: Settings, device: torch.device) -> list[ModelEntry]:
             if backend and backend not in entry.fused and backend not in entry.failed and \
                     provider_available(provider, cfg, device) is None:
                 try:
-                    entry.fused[backend] = convert(model, backend=backend)
+                    entry.fused[backend] = _convert(model, backend)
                 except Exception as exc:  # noqa: BLE001 - the other providers still run
-                    entry.failed[backend] = f"convert(backend={backend!r}) failed: {type(exc).__name__}: {exc}"
+                    entry.failed[backend] = f"convert({backend!r}) failed: {type(exc).__name__}: {exc}"
         entry.build_s = time.perf_counter() - t0
         entries.append(entry)
     for entry in entries:
