@@ -49,7 +49,7 @@ def _normalize_kernel(
     # meta-parameters
     BLOCK_M: tl.constexpr,  # rows per program: small D packs several rows per program to keep lanes busy
     BLOCK_D: tl.constexpr,  # next power of two >= D; the whole row lives in registers
-    STATS: tl.constexpr = False,  # write the row statistics (μ, Σ(x−μ)²) to y_ptr as (M, 1, 2) fp32 instead of x̂
+    STATS: tl.constexpr = False,  # write row statistics (μ, Σ(x−μ)²) to y_ptr as (M, 1, 2) fp32 instead of x̂
 ):
     pid = tl.program_id(0)
     rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
