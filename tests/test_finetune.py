@@ -255,6 +255,26 @@ def test_task_switching_a_b_a(tmp_path):
         served.select("c")
 
 
+def test_task_switching_triton_fused_norm(tmp_path):
+    """Switching tasks re-folds attention and head in place; with norm="fused" the column sums must follow
+    (Triton backend; the interpreter on the CPU)."""
+    pytest.importorskip("triton")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    base = _base(2, dtype=torch.float32)
+    a, fpa = _finetune(base, num_classes=7, seed=1)
+    b, fpb = _finetune(base, num_classes=3, seed=2)
+    ft.save_delta(a, tmp_path / "a.pt", base_fingerprint=fpa)
+    ft.save_delta(b, tmp_path / "b.pt", base_fingerprint=fpb)
+    served = ft.MultiTaskFused(base, backend="triton", dtype=torch.float32, device=device, norm="fused")
+    served.add_task("a", tmp_path / "a.pt")
+    served.add_task("b", tmp_path / "b.pt")
+    x = images_for(base, batch=2).float()
+    out_a, out_b, out_a2 = (served(x.to(device), task=t).cpu() for t in ("a", "b", "a"))
+    assert torch.equal(out_a, out_a2)
+    torch.testing.assert_close(out_a, a(x), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(out_b, b(x), rtol=1e-4, atol=1e-4)
+
+
 def test_resolution_adaptation_fused_matches(tmp_path):
     assert ttf.from_name("B12x1", img_size=384).num_tokens == 577  # 224 -> 384: N = 577
     base = _base(2, dtype=torch.float64)

@@ -81,6 +81,21 @@ def test_fused_norm_launches_and_refold():
     torch.testing.assert_close(fused(x), fresh(x), rtol=1e-5, atol=1e-5)
 
 
+def test_fused_norm_follows_weights_edited_in_place():
+    """Column sums are derived from the packed weights: an in-place edit without refold must not leave them stale."""
+    model = make_model("tiny_2x2", dtype=torch.float32)
+    x = images_for(model, 2).float()
+    outs = {}
+    for norm in ("separate", "fused"):
+        fused = ttf.convert(model, backend="triton", norm=norm)
+        fused(x)
+        with torch.no_grad():
+            fused.weights.blocks[0].w_qkv.mul_(1.25)
+            fused.weights.head_w.add_(0.1)
+        outs[norm] = fused(x)
+    torch.testing.assert_close(outs["fused"], outs["separate"], rtol=1e-5, atol=1e-5)
+
+
 def test_fused_norm_needs_triton_backend():
     with pytest.raises(ValueError, match="norm='fused' needs the Triton backend"):
         ttf.convert(make_model("tiny_2x2"), backend="torch", norm="fused")

@@ -288,6 +288,34 @@ def test_linear_return_stats_feeds_the_next_gemm(M, K, N, dtype, atol):
                         "chained normalising linear")
 
 
+@pytest.mark.skipif(HAS_CUDA, reason="interpreter tile widths; the GPU test walks the autotune lists")
+@pytest.mark.parametrize("block_n", [64, 128])
+def test_stats_with_several_slots_per_tile(block_n, monkeypatch):
+    """GPU tiles hold 2-8 statistics slots (BLOCK_N 64-256): the in-tile reshape and slot numbering, with N that
+    leaves partial tiles and a partial last slot."""
+    lin = importlib.import_module("threethings_fast.triton_kernels.linear")
+    monkeypatch.setitem(lin._INTERPRETER_META, "BLOCK_N", block_n)
+    for N in (33, 100, 200):
+        a, r = randn(7, 48, seed=50), _residual_stream(7, N, torch.float32, seed=51)
+        w = randn(N, 48, scale=48 ** -0.5, seed=52)
+        y, st = linear(a, w, None, r, return_stats=True)
+        _assert_stats_close(st, row_stats_ref(y, STAT_W), f"N={N} BLOCK_N={block_n}")
+        w2 = randn(40, N, scale=N ** -0.5, seed=53)
+        z = linear(y, w2, norm=st, colsum=column_sums(w2), out=poisoned((7, 40), torch.float32))
+        assert_close_to_ref(z, linear_ref(y, w2, normalize_input=True),
+                            linear_ref(y, w2, upcast=True, normalize_input=True), 1e-5, f"N={N}")
+
+
+def test_normalising_linear_statistics_wider_than_the_row():
+    """A producer with N < 32 reports width 32 > K for its single slot: the consumer accepts it."""
+    a, w = randn(5, 16), randn(20, 16, scale=0.25)
+    y, st = linear(a, w, return_stats=True)
+    assert st.width == STAT_W > y.shape[-1] and st.partials.shape == (5, 1, 2)
+    w2 = randn(8, 20, scale=0.2)
+    z = linear(y, w2, norm=st, colsum=column_sums(w2))
+    assert (z.double() - linear_ref(y, w2, upcast=True, normalize_input=True)).abs().max().item() < 1e-5
+
+
 def test_normalising_linear_bad_inputs():
     x, w = randn(4, 48), randn(8, 48)
     st = row_stats(x)
@@ -301,6 +329,8 @@ def test_normalising_linear_bad_inputs():
         linear(x, w, norm=RowStats(st.partials, 32), colsum=column_sums(w))     # 48 / 32 -> 2 slots expected
     with pytest.raises(ValueError, match="width"):
         linear(x, w, norm=RowStats(st.partials, 0), colsum=column_sums(w))
+    with pytest.raises(ValueError, match="allow_tf32"):
+        linear(x, w, norm=st, colsum=column_sums(w), allow_tf32=True)
     with pytest.raises(TypeError, match="colsum must have dtype"):
         linear(x, w, norm=st, colsum=column_sums(w).double())
     with pytest.raises(ValueError, match="colsum must have shape"):
@@ -455,6 +485,29 @@ def test_gpu_fused_norm_block_shapes(dtype, atol):
         assert_close_to_ref(z, linear_ref(y, w2, b2, None, act, normalize_input=True),
                             linear_ref(y, w2, b2, None, act, upcast=True, normalize_input=True), atol,
                             f"normalising {n_next}x{D}")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
+def test_gpu_fused_norm_every_config(monkeypatch):
+    """Every config of both autotune lists (their BLOCK_N give 2-8 statistics slots per tile), forced one at a time,
+    for the statistics epilogue and the normalising one: the autotuner may pick any of them."""
+    lin = importlib.import_module("threethings_fast.triton_kernels.linear")
+    dt, atol = torch.bfloat16, 1.6e-2
+    for M, configs in [(64 * 197, lin._CONFIGS_LARGE_M), (197, lin._CONFIGS_SMALL_M)]:
+        a = randn(M, 768, dtype=dt, seed=60)
+        r = _residual_stream(M, 384, dt, seed=61)
+        w = randn(384, 768, dtype=dt, scale=768 ** -0.5, seed=62)
+        w2 = randn(1000, 384, dtype=dt, scale=384 ** -0.5, seed=63)      # 1000: a partial last column tile
+        for cfg in configs:
+            meta = {**cfg.kwargs, "num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
+            monkeypatch.setattr(lin, "tuned_or_first", lambda tuned, _m=meta: (tuned.fn, dict(_m)))
+            y, st = linear(a, w, None, r, return_stats=True)
+            _assert_stats_close(st, row_stats_ref(y, STAT_W), f"M={M} {cfg}")
+            z = linear(y, w2, None, None, "gelu", norm=st, colsum=column_sums(w2), out=poisoned((M, 1000), dt))
+            assert_close_to_ref(z, linear_ref(y, w2, None, None, "gelu", normalize_input=True),
+                                linear_ref(y, w2, None, None, "gelu", upcast=True, normalize_input=True), atol,
+                                f"normalising M={M} {cfg}")
 
 
 @pytest.mark.gpu

@@ -136,10 +136,11 @@ def _linear_kernel(
     if STATS_OUT:
         # Statistics of the values as stored (rounded), per slot of STAT_W columns of this tile. Columns >= N hold
         # exact zeros (masked W, bias and residual loads) but are excluded from the counts and the M2 sums.
+        tl.static_assert(BLOCK_N % STAT_W == 0, "STAT_W must divide BLOCK_N")
         G: tl.constexpr = BLOCK_N // STAT_W
-        y3 = tl.reshape(y.to(tl.float32), (BLOCK_M, G, STAT_W))
         col3 = tl.reshape(tl.broadcast_to(offs_n[None, :], (BLOCK_M, BLOCK_N)), (BLOCK_M, G, STAT_W))
         ok3 = col3 < N
+        y3 = tl.where(ok3, tl.reshape(y.to(tl.float32), (BLOCK_M, G, STAT_W)), 0.0)
         cnt = tl.sum(ok3.to(tl.float32), axis=2)
         mu = tl.sum(y3, axis=2) / tl.maximum(cnt, 1.0)
         d3 = tl.where(ok3, y3 - mu[:, :, None], 0.0)
@@ -244,18 +245,24 @@ def _linear_launch(x2: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.
         )
 
 
-def _check_norm_args(x, weight, norm_partials, norm_width, norm_colsum, norm_eps):
-    """Validate the fused-LayerNorm inputs of `linear` (all None/0 when unused)."""
+def _check_norm_args(x, weight, norm_partials, norm_width, norm_colsum, norm_eps, allow_tf32):
+    """Validate the fused-LayerNorm inputs of `linear` (all None/0 when unused); return the slot width as an int."""
     if norm_partials is None:
         if norm_colsum is not None:
             raise ValueError("norm_colsum given without norm statistics")
-        return
+        return 0
     N, K = weight.shape
+    if allow_tf32 and x.dtype == torch.float32:
+        # The main loop multiplies the raw x: TF32 rounding then scales with |x|, not |x − mean| (relative errors of
+        # 3e-2 at a mean/std of 100), and the colsum would not match the TF32-rounded weight.
+        raise ValueError("linear(norm=...) with allow_tf32=True: the normalising epilogue needs the exact product "
+                         "of the raw rows; use IEEE fp32 (allow_tf32=False) or 16-bit inputs")
     if norm_colsum is None:
         raise ValueError("linear(norm=...) needs colsum: the fp32 row sums weight.double().sum(1) of the weight "
                          "as stored (see column_sums)")
-    if not isinstance(norm_width, int) or not 1 <= norm_width <= K:
-        raise ValueError(f"norm width must be an int in [1, {K}] (x's row length), got {norm_width!r}")
+    if not isinstance(norm_width, (int, torch.SymInt)) or isinstance(norm_width, bool) or not norm_width >= 1:
+        raise ValueError(f"norm width must be a positive int (columns per statistics slot), got {norm_width!r}")
+    norm_width = int(norm_width)   # a kernel constexpr
     t = -(-K // norm_width)
     check_tensor(norm_partials, "norm.partials", ndim=x.dim() + 1, shape=tuple(x.shape[:-1]) + (t, 2),
                  dtypes=None, dtype=torch.float32)
@@ -263,6 +270,7 @@ def _check_norm_args(x, weight, norm_partials, norm_width, norm_colsum, norm_eps
     if not isinstance(norm_eps, (int, float)) or not norm_eps >= 0:
         raise ValueError(f"eps must be a non-negative float, got {norm_eps!r}")
     check_same_device(x=x, norm_partials=norm_partials, colsum=norm_colsum)
+    return norm_width
 
 
 def _check_linear_args(x, weight, bias, residual, activation, out_dtype):
@@ -289,10 +297,10 @@ def _check_linear_args(x, weight, bias, residual, activation, out_dtype):
     return out_shape, out_dtype
 
 
-def _prepare_call(x, weight, bias, residual, activation, out_dtype, norm_partials, norm_width, norm_colsum,
-                  norm_eps):
+def _prepare_call(x, weight, bias, residual, activation, out_dtype, allow_tf32, norm_partials, norm_width,
+                  norm_colsum, norm_eps):
     out_shape, out_dtype = _check_linear_args(x, weight, bias, residual, activation, out_dtype)
-    _check_norm_args(x, weight, norm_partials, norm_width, norm_colsum, norm_eps)
+    norm_width = _check_norm_args(x, weight, norm_partials, norm_width, norm_colsum, norm_eps, allow_tf32)
     norm = None
     if norm_partials is not None:
         norm = RowStats(norm_partials.view(-1, norm_partials.shape[-2], 2), norm_width)
@@ -307,8 +315,8 @@ def _linear_op(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
                residual: Optional[torch.Tensor], activation: Optional[str], out_dtype: Optional[torch.dtype],
                allow_tf32: bool, norm_partials: Optional[torch.Tensor] = None, norm_width: int = 0,
                norm_colsum: Optional[torch.Tensor] = None, norm_eps: float = 0.0) -> torch.Tensor:
-    out_shape, out_dtype, norm = _prepare_call(x, weight, bias, residual, activation, out_dtype, norm_partials,
-                                               norm_width, norm_colsum, norm_eps)
+    out_shape, out_dtype, norm = _prepare_call(x, weight, bias, residual, activation, out_dtype, allow_tf32,
+                                               norm_partials, norm_width, norm_colsum, norm_eps)
     y = torch.empty(out_shape, dtype=out_dtype, device=x.device)
     K, N = weight.shape[1], weight.shape[0]
     _linear_launch(x.view(-1, K), weight, bias, None if residual is None else residual.view(-1, N),
@@ -321,8 +329,8 @@ def _linear_stats_op(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch
                      allow_tf32: bool, norm_partials: Optional[torch.Tensor] = None, norm_width: int = 0,
                      norm_colsum: Optional[torch.Tensor] = None,
                      norm_eps: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
-    out_shape, out_dtype, norm = _prepare_call(x, weight, bias, residual, activation, out_dtype, norm_partials,
-                                               norm_width, norm_colsum, norm_eps)
+    out_shape, out_dtype, norm = _prepare_call(x, weight, bias, residual, activation, out_dtype, allow_tf32,
+                                               norm_partials, norm_width, norm_colsum, norm_eps)
     y = torch.empty(out_shape, dtype=out_dtype, device=x.device)
     stats = torch.empty(_stats_shape(out_shape), dtype=torch.float32, device=x.device)
     K, N = weight.shape[1], weight.shape[0]
@@ -389,7 +397,8 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] =
         return _linear_registered(x, weight, bias, residual, activation, out_dtype, bool(allow_tf32), *n_args)
     if return_stats:
         raise ValueError("out= and return_stats=True cannot be combined")
-    out_shape, out_dtype, nrm = _prepare_call(x, weight, bias, residual, activation, out_dtype, *n_args)
+    out_shape, out_dtype, nrm = _prepare_call(x, weight, bias, residual, activation, out_dtype, bool(allow_tf32),
+                                              *n_args)
     check_out(out, "out", out_shape, out_dtype, x.device,
               {"x": x, "weight": weight, "bias": bias, "residual": residual})
     K, N = weight.shape[1], weight.shape[0]

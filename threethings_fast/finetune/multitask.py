@@ -67,14 +67,15 @@ class MultiTaskFused:
         mt.add_task("birds384", "birds384.delta.pt")
         logits = mt(images, task="cars")              # (B, C_cars); switching re-folds attn + pos only
 
-    backend/dtype/device: as in `threethings_fast.convert`. The base is copied: changing it afterwards does not
+    backend/dtype/device/norm: as in `threethings_fast.convert`. The base is copied: changing it afterwards does not
     change this object. Tasks fine-tuned with train="full" share nothing and are refused (convert them alone)."""
 
     def __init__(self, base: VisionTransformer, backend: str = "auto", dtype: Optional[torch.dtype] = None,
-                 device=None):
+                 device=None, norm: str = "separate"):
         _check_model(base)
         self.base = copy.deepcopy(base).eval().requires_grad_(False)
         self.backend = backend
+        self.norm = norm
         self.dtype = dtype or base.cls_token.dtype
         self.device = concrete_device(device) if device is not None else base.cls_token.device
         self.tasks: dict[str, _Task] = {}
@@ -108,7 +109,7 @@ class MultiTaskFused:
             ref = replace_head(copy.deepcopy(self.base), 0)
             if img_size != ref.config.img_size:
                 adapt_resolution(ref, img_size)
-            fused = convert(ref, backend=self.backend, dtype=self.dtype, device=self.device)
+            fused = convert(ref, backend=self.backend, dtype=self.dtype, device=self.device, norm=self.norm)
             base_state = {k: v.clone() for k, v in ref.state_dict().items()}
             self._slots[img_size] = _Slot(ref=ref, base_state=base_state, fused=fused)
         return self._slots[img_size]

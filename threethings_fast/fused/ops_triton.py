@@ -35,9 +35,9 @@ class TritonOps:
             raise ValueError(f"norm must be one of {NORM_MODES}, got {norm!r}")
         self.tk = tk
         self.norm = norm
-        # norm="fused": Σ_k W[n, k] of each normalised GEMM's weight (QKV, fc1, head), keyed by the tensor's id;
-        # refreshed in place by `refresh` after FusedViT.refold (CUDA graphs keep their addresses).
-        self._colsum: dict[int, torch.Tensor] = {}
+        # norm="fused": Σ_k W[n, k] of each normalised GEMM's weight (QKV, fc1, head), keyed by the tensor's id,
+        # with the weight's version counter when it was computed; refreshed in place (CUDA graphs keep addresses).
+        self._colsum: dict[int, tuple[torch.Tensor, torch.Tensor, int]] = {}
 
     def prepare(self, folded: dict, dtype: torch.dtype, device) -> FusedWeights:
         if dtype == torch.float64:
@@ -56,15 +56,29 @@ class TritonOps:
         return weights
 
     def refresh(self, weights: FusedWeights) -> None:
-        """Recompute what is derived from the packed weights (norm="fused": the column sums), in place."""
+        """Recompute what is derived from the packed weights (norm="fused": the column sums), in place.
+        FusedViT.refold calls it; a weight edited in place otherwise is noticed at the next eager call."""
         if self.norm != "fused":
             return
+        old, self._colsum = self._colsum, {}
         for w in [t for blk in weights.blocks for t in (blk.w_qkv, blk.w_fc1)] + [weights.head_w]:
-            c = self.tk.column_sums(w)
-            if id(w) in self._colsum:
-                self._colsum[id(w)].copy_(c)
-            else:
-                self._colsum[id(w)] = c
+            self._colsum[id(w)] = self._column_sums(w, old.get(id(w)))
+
+    def _column_sums(self, w, entry):
+        c = self.tk.column_sums(w)
+        if entry is not None and entry[0] is w:
+            entry[1].copy_(c)   # same tensor as before: keep the address a captured CUDA graph reads
+            c = entry[1]
+        return (w, c, w._version)
+
+    def _colsum_for(self, w):
+        entry = self._colsum.get(id(w))
+        if entry is None or entry[0] is not w:
+            raise RuntimeError("norm='fused': no column sums for this weight tensor; after replacing packed weight "
+                               "tensors call fused.ops.refresh(fused.weights) (FusedViT.refold does it)")
+        if not torch.compiler.is_compiling() and entry[2] != w._version:
+            entry = self._colsum[id(w)] = self._column_sums(w, entry)   # edited in place since: recompute
+        return entry[1]
 
     def embed(self, images: torch.Tensor, weights: FusedWeights) -> torch.Tensor:
         stem = weights.stem
@@ -84,11 +98,7 @@ class TritonOps:
         # (fused.graphs) fixes every buffer anyway.
         norm = {}
         if isinstance(x, _Normed):
-            colsum = self._colsum.get(id(w))
-            if colsum is None:
-                raise RuntimeError("norm='fused': no column sums for this weight; call ops.refresh(weights) after "
-                                   "replacing packed weight tensors")
-            norm = dict(norm=x.stats, colsum=colsum, eps=x.eps)
+            norm = dict(norm=x.stats, colsum=self._colsum_for(w), eps=x.eps)
             x = x.x
         if then_normalize is None:
             return self.tk.linear(x, w, b, residual=residual, activation=activation, **norm)
