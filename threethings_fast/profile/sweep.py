@@ -253,7 +253,7 @@ def run_profile(settings: Settings, argv: Optional[list] = None) -> dict:
 
 
 def _measure(settings: Settings, device, result: dict, state: dict, t_start: float):
-    """Peak, models, plan, sweep: everything a KeyboardInterrupt may cut short (run_profile keeps the partial result)."""
+    """Peak, models, plan, sweep: what a KeyboardInterrupt may cut short (run_profile keeps the partial result)."""
     if settings.measure_peak:
         try:
             result["peak"] = {"matmul": measure_peak_matmul(device, settings.dtype),
