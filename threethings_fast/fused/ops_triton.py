@@ -100,13 +100,11 @@ class TritonOps:
         if isinstance(x, _Normed):
             norm = dict(norm=x.stats, colsum=self._colsum_for(w), eps=x.eps)
             x = x.x
-        if then_normalize is None:
-            return self.tk.linear(x, w, b, residual=residual, activation=activation, **norm)
-        if self.norm == "fused":
+        if then_normalize is not None and self.norm == "fused":   # the statistics come out of this GEMM
             y, stats = self.tk.linear(x, w, b, residual=residual, activation=activation, return_stats=True, **norm)
             return y, _Normed(y, stats, then_normalize)
         y = self.tk.linear(x, w, b, residual=residual, activation=activation, **norm)
-        return y, self.tk.normalize(y, then_normalize)
+        return y if then_normalize is None else (y, self.normalize(y, then_normalize))
 
     def attention(self, qkv, num_heads, head_dim):
         return self.tk.attention(qkv, num_heads, head_dim, 1.0)
