@@ -20,6 +20,14 @@ S18x2 (D = 384, K = 2 branches, F = 1536) at 224 px, batch 64, bf16: M = 12 608,
 Design: classic tiled GEMM (BLOCK_M × BLOCK_N tile per program, K loop of BLOCK_K), grouped program ordering
 (GROUP_M row-tiles share a column of W tiles while it is in L2), masks on M, N and K so any shape works,
 epilogue in fp32 registers before the single store. fp32 inputs use IEEE fp32 dot unless ``allow_tf32``.
+
+LayerNorm exchange (the model's norm="fused" mode), both in the epilogue, the main loop unchanged:
+    STATS_OUT  the GEMM that produces x (proj, fc2: residual in the epilogue) also writes, per row and per slot of
+               STAT_W = 32 output columns, the slot's mean μ_t and M2_t = Σ(x − μ_t)² of the values as stored;
+    NORM_IN    the GEMM that consumes LN(x) (QKV, fc1, head) multiplies the raw x and corrects
+                   LN(x) @ Wᵀ = rstd·(x @ Wᵀ − μ·c),   c_n = Σ_k W[n, k] (column_sums, float64 -> fp32, once)
+               with μ = Σ n_t μ_t / K, M2 = Σ M2_t + n_t (μ_t − μ)² (Chan et al.: exact, no E[x²] − E[x]²),
+               rstd = 1/√(M2/K + ε). No normalised copy x̂ is written or read, and x̂ is never rounded.
 """
 from __future__ import annotations
 
@@ -63,7 +71,7 @@ def _linear_kernel(
     HAS_RESIDUAL: tl.constexpr,
     ACTIVATION: tl.constexpr,  # 0 identity, 1 exact-erf GELU (applied before the residual add)
     INPUT_PRECISION: tl.constexpr,  # "ieee" or "tf32"; only matters for fp32 operands
-    NORM_IN: tl.constexpr,  # y = LN(x) @ Wᵀ...: merge x's row statistics, correct the accumulator (module docstring)
+    NORM_IN: tl.constexpr,  # y = LN(x) @ Wᵀ...: merge x's row statistics, correct the accumulator (docstring)
     W_IN: tl.constexpr,  # columns per slot of the input statistics
     T_IN: tl.constexpr,  # slots per row of the input statistics, cdiv(K, W_IN)
     T_IN_PAD: tl.constexpr,  # next power of two >= max(T_IN, 2)
@@ -311,17 +319,27 @@ def _stats_shape(out_shape) -> tuple:
     return tuple(out_shape[:-1]) + (-(-out_shape[-1] // STAT_W), 2)
 
 
+def _linear_call(x, weight, bias, residual, activation, out_dtype, allow_tf32, norm_partials, norm_width,
+                 norm_colsum, norm_eps, with_stats: bool):
+    """Validate, allocate, launch: (y, partial statistics of y or None)."""
+    out_shape, out_dtype, norm = _prepare_call(x, weight, bias, residual, activation, out_dtype, allow_tf32,
+                                               norm_partials, norm_width, norm_colsum, norm_eps)
+    y = torch.empty(out_shape, dtype=out_dtype, device=x.device)
+    stats = torch.empty(_stats_shape(out_shape), dtype=torch.float32, device=x.device) if with_stats else None
+    K, N = weight.shape[1], weight.shape[0]
+    _linear_launch(x.view(-1, K), weight, bias, None if residual is None else residual.view(-1, N),
+                   y.view(-1, N), activation, allow_tf32, norm, norm_colsum, norm_eps,
+                   None if stats is None else stats.view(-1, stats.shape[-2], 2))
+    return y, stats
+
+
+# The two registered ops differ only in their outputs (their schemas are inferred from these signatures).
 def _linear_op(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                residual: Optional[torch.Tensor], activation: Optional[str], out_dtype: Optional[torch.dtype],
                allow_tf32: bool, norm_partials: Optional[torch.Tensor] = None, norm_width: int = 0,
                norm_colsum: Optional[torch.Tensor] = None, norm_eps: float = 0.0) -> torch.Tensor:
-    out_shape, out_dtype, norm = _prepare_call(x, weight, bias, residual, activation, out_dtype, allow_tf32,
-                                               norm_partials, norm_width, norm_colsum, norm_eps)
-    y = torch.empty(out_shape, dtype=out_dtype, device=x.device)
-    K, N = weight.shape[1], weight.shape[0]
-    _linear_launch(x.view(-1, K), weight, bias, None if residual is None else residual.view(-1, N),
-                   y.view(-1, N), activation, allow_tf32, norm, norm_colsum, norm_eps)
-    return y
+    return _linear_call(x, weight, bias, residual, activation, out_dtype, allow_tf32, norm_partials, norm_width,
+                        norm_colsum, norm_eps, with_stats=False)[0]
 
 
 def _linear_stats_op(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
@@ -329,15 +347,8 @@ def _linear_stats_op(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch
                      allow_tf32: bool, norm_partials: Optional[torch.Tensor] = None, norm_width: int = 0,
                      norm_colsum: Optional[torch.Tensor] = None,
                      norm_eps: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
-    out_shape, out_dtype, norm = _prepare_call(x, weight, bias, residual, activation, out_dtype, allow_tf32,
-                                               norm_partials, norm_width, norm_colsum, norm_eps)
-    y = torch.empty(out_shape, dtype=out_dtype, device=x.device)
-    stats = torch.empty(_stats_shape(out_shape), dtype=torch.float32, device=x.device)
-    K, N = weight.shape[1], weight.shape[0]
-    _linear_launch(x.view(-1, K), weight, bias, None if residual is None else residual.view(-1, N),
-                   y.view(-1, N), activation, allow_tf32, norm, norm_colsum, norm_eps,
-                   stats.view(-1, stats.shape[-2], 2))
-    return y, stats
+    return _linear_call(x, weight, bias, residual, activation, out_dtype, allow_tf32, norm_partials, norm_width,
+                        norm_colsum, norm_eps, with_stats=True)
 
 
 _linear_registered = register_op("linear", _linear_op)
