@@ -21,3 +21,16 @@ def test_tuned_or_first_without_autotuning_takes_the_first_config(monkeypatch):
     first = linear_mod._CONFIGS_LARGE_M[0]
     assert kernel is tuned.fn
     assert meta == {**first.kwargs, "num_warps": first.num_warps, "num_stages": first.num_stages}
+
+
+def test_launch_choice_one_rule_for_every_op(monkeypatch):
+    tuned, plain = linear_mod._linear_kernel_large, linear_mod._linear_kernel
+    small, fp32 = {"BLOCK_M": 16}, {"BLOCK_M": 64, "num_warps": 4}
+    monkeypatch.delenv("TTF_TRITON_AUTOTUNE", raising=False)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")      # the interpreter wins, even for fp32
+    assert common.launch_choice(plain, tuned, interpreter_meta=small, fp32_meta=fp32, fp32=True) == (plain, small)
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    kernel, meta = common.launch_choice(plain, tuned, interpreter_meta=small, fp32_meta=fp32, fp32=True)
+    assert kernel is plain and meta == fp32 and meta is not fp32  # a copy: launchers may not edit the table
+    assert common.launch_choice(plain, tuned, interpreter_meta=small, fp32_meta=fp32, fp32=False) == (tuned, {})
+    assert common.launch_choice(plain, tuned, interpreter_meta=small, fp32=True) == (tuned, {})   # no fp32 path

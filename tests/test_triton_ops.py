@@ -502,7 +502,7 @@ def test_gpu_fused_norm_every_config(monkeypatch):
         w2 = randn(1000, 384, dtype=dt, scale=384 ** -0.5, seed=63)      # 1000: a partial last column tile
         for cfg in configs:
             meta = {**cfg.kwargs, "num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
-            monkeypatch.setattr(lin, "tuned_or_first", lambda tuned, _m=meta: (tuned.fn, dict(_m)))
+            monkeypatch.setattr(lin, "launch_choice", lambda kernel, tuned, _m=meta, **_: (kernel, dict(_m)))
             y, st = linear(a, w, None, r, return_stats=True)
             _assert_stats_close(st, row_stats_ref(y, STAT_W), f"M={M} {cfg}")
             z = linear(y, w2, None, None, "gelu", norm=st, colsum=column_sums(w2), out=poisoned((M, 1000), dt))

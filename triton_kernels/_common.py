@@ -47,6 +47,7 @@ __all__ = [
     "skip_launch",
     "register_op",
     "wrap_triton",
+    "launch_choice",
     "next_power_of_2",
     "RowStats",
 ]
@@ -259,6 +260,19 @@ def tuned_or_first(tuned) -> tuple:
         return tuned, {}
     first = tuned.configs[0]
     return tuned.fn, {**first.kwargs, "num_warps": first.num_warps, "num_stages": first.num_stages}
+
+
+def launch_choice(kernel, tuned, *, interpreter_meta: dict, fp32_meta: dict | None = None,
+                  fp32: bool = False) -> tuple:
+    """(kernel, meta) a launcher uses, by one rule for every op: under the interpreter the plain kernel with its
+    single small config (autotuning interpreted kernels is far too slow); fp32 operands (the IEEE accuracy path,
+    when the op has one) the plain kernel with `fp32_meta`, fitted to shared memory and never tuned; otherwise the
+    autotuner `tuned` (or its first config with TTF_TRITON_AUTOTUNE=0)."""
+    if interpreter_active():
+        return kernel, dict(interpreter_meta)
+    if fp32 and fp32_meta is not None:
+        return kernel, dict(fp32_meta)
+    return tuned_or_first(tuned)
 
 
 def wrap_triton(kernel):

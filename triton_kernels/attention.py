@@ -32,8 +32,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (autotuned, check_out, check_tensor, device_guard, interpreter_active, next_power_of_2,
-                      register_op, skip_launch, tuned_or_first, wrap_triton)
+from ._common import (autotuned, check_out, check_tensor, device_guard, launch_choice, next_power_of_2, register_op,
+                      skip_launch, wrap_triton)
 
 __all__ = ["attention", "attention_ref", "SUPPORTED_HEAD_DIMS"]
 
@@ -172,12 +172,8 @@ def _attention_launch(qkv: torch.Tensor, o: torch.Tensor, num_heads: int, head_d
     def grid(meta):
         return (triton.cdiv(N, meta["BLOCK_M"]), B * num_heads)
 
-    if interpreter_active():
-        kernel, meta = _attention_kernel, dict(_INTERPRETER_META)
-    elif qkv.dtype == torch.float32:
-        kernel, meta = _attention_kernel, dict(_FP32_META)
-    else:
-        kernel, meta = tuned_or_first(_attention_kernel_tuned)
+    kernel, meta = launch_choice(_attention_kernel, _attention_kernel_tuned, interpreter_meta=_INTERPRETER_META,
+                                 fp32_meta=_FP32_META, fp32=qkv.dtype == torch.float32)
     with device_guard(qkv):
         wrap_triton(kernel)[grid](
             qkv, o,

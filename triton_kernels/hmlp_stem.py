@@ -56,7 +56,7 @@ import triton
 import triton.language as tl
 
 from ._common import (FLOAT_DTYPES, autotuned, check_out, check_same_device, check_tensor, device_guard,
-                      interpreter_active, next_power_of_2, register_op, skip_launch, tuned_or_first, wrap_triton)
+                      launch_choice, next_power_of_2, register_op, skip_launch, wrap_triton)
 
 __all__ = ["HMLPStemWeights", "prepare_hmlp_stem", "hmlp_stem", "hmlp_stem_ref", "resolve_masking", "split_hidden"]
 
@@ -620,14 +620,10 @@ def _hmlp_stem_launch(images, w1, b1, w2, b2, w3, b3, ln_w, ln_b, ln3_w, ln3_b, 
     def grid(meta):
         return (triton.cdiv(R, meta["BLOCK_P"]),)
 
-    if interpreter_active():
-        kernel, meta = _hmlp_stem_kernel, dict(_INTERPRETER_META)
-    elif w1.dtype == torch.float32:
-        kernel, meta = _hmlp_stem_kernel, dict(_FP32_META)
-    elif R <= SMALL_R:
-        kernel, meta = tuned_or_first(_hmlp_stem_kernel_small)
-    else:
-        kernel, meta = tuned_or_first(_hmlp_stem_kernel_large)
+    kernel, meta = launch_choice(_hmlp_stem_kernel,
+                                 _hmlp_stem_kernel_small if R <= SMALL_R else _hmlp_stem_kernel_large,
+                                 interpreter_meta=_INTERPRETER_META, fp32_meta=_FP32_META,
+                                 fp32=w1.dtype == torch.float32)
     with device_guard(images):
         wrap_triton(kernel)[grid](
             images, w1, b1, w2, b2, w3, b3,

@@ -38,7 +38,7 @@ import triton
 import triton.language as tl
 
 from ._common import (FLOAT_DTYPES, RowStats, autotuned, check_out, check_same_device, check_tensor, device_guard,
-                      interpreter_active, next_power_of_2, register_op, skip_launch, tuned_or_first, wrap_triton)
+                      launch_choice, next_power_of_2, register_op, skip_launch, wrap_triton)
 
 __all__ = ["linear", "linear_ref", "column_sums", "ACTIVATIONS", "STAT_W"]
 
@@ -223,14 +223,9 @@ def _linear_launch(x2: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.
     def grid(meta):
         return (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)
 
-    if interpreter_active():
-        kernel, meta = _linear_kernel, dict(_INTERPRETER_META)
-    elif x2.dtype == torch.float32:
-        kernel, meta = _linear_kernel, dict(_FP32_META)
-    elif M <= SMALL_M:
-        kernel, meta = tuned_or_first(_linear_kernel_small)
-    else:
-        kernel, meta = tuned_or_first(_linear_kernel_large)
+    kernel, meta = launch_choice(_linear_kernel, _linear_kernel_small if M <= SMALL_M else _linear_kernel_large,
+                                 interpreter_meta=_INTERPRETER_META, fp32_meta=_FP32_META,
+                                 fp32=x2.dtype == torch.float32)
     with device_guard(x2):
         wrap_triton(kernel)[grid](
             x2, weight, b_arg, r_arg, y2,

@@ -26,8 +26,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (FLOAT_DTYPES, RowStats, check_out, check_tensor, device_guard, interpreter_active,
-                      next_power_of_2, register_op, skip_launch, wrap_triton)
+from ._common import (FLOAT_DTYPES, RowStats, check_out, check_tensor, device_guard, next_power_of_2, register_op,
+                      skip_launch, wrap_triton)
 
 __all__ = ["normalize", "normalize_ref", "row_stats", "row_stats_ref", "RowStats", "MAX_D"]
 

@@ -24,7 +24,7 @@ import triton
 import triton.language as tl
 
 from ._common import (FLOAT_DTYPES, autotuned, check_out, check_same_device, check_tensor, device_guard,
-                      interpreter_active, register_op, skip_launch, tuned_or_first, wrap_triton)
+                      launch_choice, register_op, skip_launch, wrap_triton)
 from .hmlp_stem import (_flat_pos, _flat_vector, _patch_rows, _select_tokens, _token_rows, _write_extra_rows,
                         check_stem_inputs, resolve_masking, row_order)
 
@@ -132,12 +132,8 @@ def _patch_embed_launch(images, weight, bias, patch, pos, cls, visible_idx, mask
     def grid(meta):
         return (triton.cdiv(R, meta["BLOCK_P"]), triton.cdiv(E, meta["BLOCK_E"]))
 
-    if interpreter_active():
-        kernel, meta = _patch_embed_kernel, dict(_INTERPRETER_META)
-    elif weight.dtype == torch.float32:
-        kernel, meta = _patch_embed_kernel, dict(_FP32_META)
-    else:
-        kernel, meta = tuned_or_first(_patch_embed_kernel_tuned)
+    kernel, meta = launch_choice(_patch_embed_kernel, _patch_embed_kernel_tuned, interpreter_meta=_INTERPRETER_META,
+                                 fp32_meta=_FP32_META, fp32=weight.dtype == torch.float32)
     with device_guard(images):
         wrap_triton(kernel)[grid](
             images, weight, bias if bias is not None else dummy,
