@@ -55,6 +55,7 @@ def main(argv=None) -> int:
 
     from threethings_fast.folding import fold_stem
     from threethings_fast.reference.stems import HMLPStem, PatchEmbed
+    from threethings_fast.triton_kernels._common import autotune_enabled
     from threethings_fast.triton_kernels.hmlp_stem import hmlp_stem, prepare_hmlp_stem
     from threethings_fast.triton_kernels.patch_embed import patch_embed
 
@@ -67,7 +68,7 @@ def main(argv=None) -> int:
         "timing": "triton.testing.do_bench(warmup=25, rep=200), quantiles 0.5/0.2/0.8, ms",
         "complete": False, "interrupted": False,
         # TTF_TRITON_AUTOTUNE=0: each kernel ran the first config of its list, untuned (the GPU suite's quick mode)
-        "triton_autotune": os.environ.get("TTF_TRITON_AUTOTUNE", "1") != "0",
+        "triton_autotune": autotune_enabled(),
     }
     results = []
 
