@@ -146,7 +146,7 @@ def test_convert_bad_arguments():
         ttf.convert(model, backend="cuda")
     with pytest.raises(TypeError, match="dtype must be one of"):
         ttf.convert(model, backend="torch", dtype=torch.int8)
-    with pytest.raises(TypeError, match="VisionTransformer or a state dict"):
+    with pytest.raises(TypeError, match="convert expects a threethings_fast VisionTransformer, a timm"):
         ttf.convert(torch.nn.Linear(2, 2))
     with pytest.raises(ValueError, match="does not match"):
         ttf.convert(model, backend="torch").refold(make_model("tiny_2x1"))

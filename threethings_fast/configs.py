@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 STEMS = ("linear", "hmlp_bn", "hmlp_ln")
+GLOBAL_POOLS = ("token", "avg")
 
 # Width, heads per branch for each size letter. Every paper model keeps head_dim = 64.
 SIZES = {
@@ -38,6 +39,18 @@ class ViTConfig:
 
     depth counts parallel blocks; each holds `num_parallel` attention branches then `num_parallel` MLP branches.
     `num_heads` is per branch. `init_values=None` disables LayerScale.
+
+    Token and head variants of the ViTs people deploy (timm's meaning throughout; the defaults are the paper's):
+      class_token     a learned class token first in the sequence
+      distilled       DeiT's distillation token after the class token, with its own head `head_dist`; in eval the
+                      logits are the mean of the two heads
+      reg_tokens      register tokens after the class token (timm's `reg_token`, "ViTs need registers")
+      no_embed_class  positions only for the patches (DeiT III); else pos_embed also covers the prefix tokens
+      pre_norm        a LayerNorm `norm_pre` on the embeddings before the blocks (CLIP)
+      global_pool     "token" (the class token reaches the head) or "avg" (mean of the patch tokens)
+      fc_norm         LayerNorm after pooling instead of before (None: timm's rule, True exactly for "avg")
+      final_norm      False drops the final LayerNorm altogether
+      patch_bias      whether the linear stem's convolution has a bias (CLIP's has none)
     """
 
     img_size: int = 224
@@ -53,6 +66,15 @@ class ViTConfig:
     qkv_bias: bool = True
     stem: str = "linear"
     norm_eps: float = 1e-6
+    class_token: bool = True
+    distilled: bool = False
+    reg_tokens: int = 0
+    no_embed_class: bool = False
+    pre_norm: bool = False
+    global_pool: str = "token"
+    fc_norm: Optional[bool] = None
+    final_norm: bool = True
+    patch_bias: bool = True
 
     def __post_init__(self):
         if self.stem not in STEMS:
@@ -67,6 +89,20 @@ class ViTConfig:
             raise ValueError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
         if self.img_size % self.patch_size:
             raise ValueError(f"img_size {self.img_size} is not a multiple of patch_size {self.patch_size}")
+        if not isinstance(self.reg_tokens, int) or self.reg_tokens < 0:
+            raise ValueError(f"reg_tokens must be an int >= 0, got {self.reg_tokens!r}")
+        if self.global_pool not in GLOBAL_POOLS:
+            raise ValueError(f"global_pool must be one of {GLOBAL_POOLS}, got {self.global_pool!r} (timm's 'map', "
+                             "'max', 'avgmax' and '' pooling are not supported)")
+        if self.global_pool == "token" and not self.class_token:
+            raise ValueError("global_pool='token' needs the class token (class_token=True), or use "
+                             "global_pool='avg'")
+        if self.distilled and (not self.class_token or self.global_pool != "token" or self.reg_tokens
+                               or self.use_fc_norm):
+            raise ValueError("distilled models read the class and distillation tokens: they need class_token=True, "
+                             "global_pool='token', no register tokens and no fc_norm (as timm's DeiT)")
+        if self.stem != "linear" and not self.patch_bias:
+            raise ValueError("patch_bias=False applies to the linear stem only")
         if self.stem != "linear":
             if self.patch_size != 16:
                 raise ValueError(f"the hMLP stem is defined for 16x16 patches (4x4, 2x2, 2x2), got {self.patch_size}")
@@ -90,9 +126,24 @@ class ViTConfig:
         return self.grid_size ** 2
 
     @property
+    def num_prefix_tokens(self) -> int:
+        """Tokens before the patches: class token, distillation token, register tokens (in that order)."""
+        return int(self.class_token) + int(self.distilled) + self.reg_tokens
+
+    @property
     def num_tokens(self) -> int:
-        """Sequence length N seen by the blocks: patches + the class token."""
-        return self.num_patches + 1
+        """Sequence length N seen by the blocks: prefix tokens + patches (197 for the paper's models at 224)."""
+        return self.num_patches + self.num_prefix_tokens
+
+    @property
+    def pos_embed_len(self) -> int:
+        """Rows of pos_embed: the patches, plus the prefix tokens unless no_embed_class."""
+        return self.num_patches if self.no_embed_class else self.num_tokens
+
+    @property
+    def use_fc_norm(self) -> bool:
+        """Whether the final LayerNorm sits after pooling (timm's fc_norm) rather than before it."""
+        return self.global_pool == "avg" if self.fc_norm is None else bool(self.fc_norm)
 
     def replace(self, **overrides) -> "ViTConfig":
         return dataclasses.replace(self, **overrides)

@@ -1,31 +1,43 @@
-"""`convert`: reference model (or a timm/deit state dict) -> fused inference model."""
+"""`convert`: a model the user already has (ours, timm's, deit's) or a state dict -> fused inference model."""
 from __future__ import annotations
 
 from typing import Mapping, Optional, Union
 
 import torch
+from torch import nn
 
-from .checkpoint import infer_config, load_state_dict
+from .checkpoint import CheckpointError, infer_config, load_state_dict, unwrap
 from .configs import ViTConfig, from_name
 from .folding import fold_model
 from .fused.backends import make_ops, resolve_backend
 from .fused.model import FusedViT
+from .interop import read_module
 from .reference.model import VisionTransformer
 from .validation import concrete_device
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
-def convert(model: Union[VisionTransformer, Mapping], backend: str = "auto", *, dtype: Optional[torch.dtype] = None,
+def convert(model: Union[nn.Module, Mapping], backend: str = "auto", *, dtype: Optional[torch.dtype] = None,
             device=None, config: Union[str, ViTConfig, None] = None, num_heads: Optional[int] = None,
             norm: str = "separate") -> FusedViT:
-    """Fold a reference model into a fused inference model.
+    """Fold a model into a fused inference model with the same outputs.
 
-    model:   a `VisionTransformer` from `create_model`, or a timm/deit-layout state dict (then `config` — a name or a
-             ViTConfig — describes the model, else it is inferred from the shapes with head_dim 64 unless
-             `num_heads` is given).
+    model:   one of
+             - a `VisionTransformer` from `create_model`;
+             - a timm `VisionTransformer` (sequential or ParallelThingsBlock blocks; class / register /
+               distillation tokens, no_embed_class, norm_pre, token or average pooling with fc_norm) or
+               `VisionTransformerDistilled`;
+             - the official deit `vit_models` (models_v2: LayerScale and parallel blocks, hMLP stem with BatchNorm or
+               SyncBatchNorm);
+             - a timm/deit-layout state dict. A state dict does not store the number of heads: give `num_heads`
+               (the rest is read from its keys and shapes, see `infer_config`) or a `config` (name or ViTConfig).
+             Modules are read exactly (heads, eps, patch size, tokens, pooling, stem); anything the fused path cannot
+             reproduce (qk-norm, SwiGLU, a tanh GELU, attention pooling, a custom block, dropout active in train
+             mode, ...) raises ValueError naming it.
     backend: "auto" (Triton on CUDA when triton is installed, else torch), "torch", "triton", "cuda".
-    dtype, device: of the fused model; default the model's. Inputs must then be of that dtype and device.
+    dtype, device: of the fused model; default those of the model (a state dict: its floating dtype, the CPU).
+             Inputs must then be of that dtype and device.
     norm:    "separate" (default: a normalisation kernel writes x̂ for the QKV and fc1 GEMMs, 7 launches per block)
              or "fused" (Triton backend only: the residual GEMMs write per-row statistics of their output and the
              QKV / fc1 GEMMs apply the LayerNorm in their epilogue, 5 launches per block, no x̂ in memory). Which
@@ -34,22 +46,81 @@ def convert(model: Union[VisionTransformer, Mapping], backend: str = "auto", *, 
     BatchNorm in an hMLP stem is folded with its running statistics (eval semantics) whatever mode `model` is in.
     """
     if isinstance(model, Mapping):
-        if config is None:
-            config = infer_config(model, num_heads=num_heads)
-        elif isinstance(config, str):
-            config = from_name(config)
-        reference = VisionTransformer(config).to(torch.float64)
-        load_state_dict(reference, model)
-        model = reference
-    elif not isinstance(model, VisionTransformer):
-        raise TypeError(f"convert expects a threethings_fast VisionTransformer or a state dict, got "
-                        f"{type(model).__name__}; timm/deit modules: pass their .state_dict()")
-    param = model.cls_token
-    dtype = dtype or param.dtype
+        reference = _reference_from_state_dict(model, config, num_heads)
+        default_dtype, default_device = _state_dict_dtype(model), torch.device("cpu")
+    else:
+        if config is not None or num_heads is not None:
+            raise TypeError("config / num_heads describe a state dict; a module carries its own architecture")
+        reference = _reference_from_module(model)
+        default_dtype, default_device = reference.pos_embed.dtype, reference.pos_embed.device
+    dtype = dtype or default_dtype
     if dtype not in _DTYPES:
         raise TypeError(f"dtype must be one of {_DTYPES}, got {dtype}")
-    device = concrete_device(device) if device is not None else param.device
+    device = concrete_device(device) if device is not None else default_device
     backend = resolve_backend(backend, device)
     ops = make_ops(backend, norm)
-    weights = ops.prepare(fold_model(model), dtype, device)
+    weights = ops.prepare(fold_model(reference), dtype, device)
     return FusedViT(weights, ops, dtype, device)
+
+
+def _reference_from_module(module: nn.Module) -> VisionTransformer:
+    if isinstance(module, VisionTransformer):
+        return module
+    config, state_dict, layout = read_module(module)
+    dtype = next((t.dtype for t in state_dict.values() if t.is_floating_point()), torch.float32)
+    return _reference_holding(config, state_dict, layout, dtype, module_device(state_dict))
+
+
+def _reference_from_state_dict(state_dict: Mapping, config, num_heads: Optional[int]) -> VisionTransformer:
+    if config is None:
+        config = infer_config(state_dict, num_heads=num_heads)
+    else:
+        if isinstance(config, str):
+            config = from_name(config)
+        if not isinstance(config, ViTConfig):
+            raise TypeError(f"config must be a model name or a ViTConfig, got {type(config).__name__}")
+        if num_heads is not None and num_heads != config.num_heads:
+            raise ValueError(f"num_heads={num_heads} contradicts config.num_heads={config.num_heads}")
+    return _reference_holding(config, state_dict, None, _widest_dtype(state_dict), torch.device("cpu"))
+
+
+def _reference_holding(config: ViTConfig, state_dict: Mapping, layout: Optional[str], dtype: torch.dtype,
+                       device: torch.device) -> VisionTransformer:
+    """A reference model of `config` holding exactly the values of `state_dict` (in `dtype`, wide enough for every
+    tensor), built without random initialisation."""
+    with torch.device("meta"):
+        reference = VisionTransformer(config)
+    reference = reference.to_empty(device=device).to(dtype)
+    load_state_dict(reference, state_dict, layout)
+    return reference.eval()
+
+
+def module_device(state_dict: Mapping) -> torch.device:
+    return next((t.device for t in state_dict.values()), torch.device("cpu"))
+
+
+def _floating(state_dict: Mapping) -> list[torch.dtype]:
+    return [t.dtype for t in unwrap(state_dict).values() if t.is_floating_point()]
+
+
+def _state_dict_dtype(state_dict: Mapping) -> torch.dtype:
+    """The state dict's dtype: that of its floating tensors when they agree, else that of pos_embed."""
+    dtypes = set(_floating(state_dict))
+    if not dtypes:
+        raise CheckpointError("the state dict holds no floating-point tensors")
+    if len(dtypes) == 1:
+        return dtypes.pop()
+    return unwrap(state_dict)["pos_embed"].dtype
+
+
+def _widest_dtype(state_dict: Mapping) -> torch.dtype:
+    """A dtype every floating tensor of the state dict converts to exactly."""
+    dtypes = set(_floating(state_dict))
+    if not dtypes:
+        raise CheckpointError("the state dict holds no floating-point tensors")
+    widest = dtypes.pop()
+    for d in dtypes:
+        widest = torch.promote_types(widest, d)
+    if widest in (torch.float16, torch.bfloat16) and dtypes:
+        widest = torch.float32   # fp16 and bf16 together: neither holds the other exactly
+    return widest

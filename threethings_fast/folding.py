@@ -11,6 +11,15 @@ Per block with K branches, width D, H heads per branch (head dim d), MLP width F
     h     = gelu(x̂ @ w_fc1.T + b_fc1)      w_fc1 (KF, D)
     x     = x + h @ w_fc2.T + b_fc2        w_fc2 (D, KF), LayerScale folded
 LayerNorm (g, b) feeding Linear (W, c):  W (g*x̂ + b) + c = (W diag g) x̂ + (W b + c).
+
+Around the blocks (`fold_embed_and_head`):
+    prefix (P, D)       the prefix-token rows entering the blocks: class / distillation / register tokens, plus
+                        their positions unless no_embed_class; patches get pos_patches (N_p, D)
+    norm_pre            LayerNorm (with affine) of the embeddings, when the model has one: it *is* the residual
+                        stream, so it cannot fold into a linear
+    head                features -> logits. The final LayerNorm's (or fc_norm's) affine folds into the head; what
+                        remains is an affine-free LayerNorm placed by `head_layout`. A distilled model's two heads
+                        become one: (W_c x̂_c + c_c + W_d x̂_d + c_d) / 2 = [W_c/2 | W_d/2] [x̂_c; x̂_d] + (c_c + c_d)/2.
 """
 from __future__ import annotations
 
@@ -103,7 +112,8 @@ def fold_block(block: Block, config: ViTConfig) -> FoldedBlock:
 def fold_stem(stem: nn.Module) -> dict:
     """Stem weights for the fused model, float64.
 
-    linear:  {"kind": "linear", "weight": (E, C*p*p) with columns ordered (c, ky, kx), "bias": (E,), "patch": p}
+    linear:  {"kind": "linear", "weight": (E, C*p*p) with columns ordered (c, ky, kx), "bias": (E,) (zeros when the
+              conv has none), "patch": p}
     hmlp_bn: {"kind": "hmlp_bn", "w1": (E/4, C, 4, 4), "b1", "w2": (E/4, E/4, 2, 2), "b2", "w3": (E, E/4, 2, 2),
               "b3"} — eval-mode BatchNorm folded into each conv: W' = W*s, b' = (b - mean)*s + beta,
               s = gamma / sqrt(var + eps).
@@ -112,8 +122,8 @@ def fold_stem(stem: nn.Module) -> dict:
     """
     if isinstance(stem, PatchEmbed):
         w = stem.proj.weight.detach().to(_F64)
-        return {"kind": "linear", "weight": w.reshape(w.shape[0], -1), "bias": stem.proj.bias.detach().to(_F64),
-                "patch": stem.patch_size}
+        bias = stem.proj.bias.detach().to(_F64) if stem.proj.bias is not None else w.new_zeros(w.shape[0])
+        return {"kind": "linear", "weight": w.reshape(w.shape[0], -1), "bias": bias, "patch": stem.patch_size}
     if isinstance(stem, HMLPStem):
         convs = [stem.proj[i] for i in (0, 3, 6)]
         norms = [stem.proj[i] for i in (1, 4, 7)]
@@ -136,28 +146,74 @@ def fold_stem(stem: nn.Module) -> dict:
 
 @torch.no_grad()
 def fold_model(model: VisionTransformer) -> dict:
-    """Everything the fused model needs, float64: stem, class token + its position, patch positions, blocks,
-    and the head with the final LayerNorm folded in (only the class token is normalised at the end)."""
+    """Everything the fused model needs, float64: stem, prefix rows and patch positions, norm_pre, blocks, and the
+    head with the final LayerNorm's affine folded in."""
     return {
         "config": model.config,
         "stem": fold_stem(model.patch_embed),
         "blocks": [fold_block(b, model.config) for b in model.blocks],
-        **fold_head_and_pos(model),
+        **fold_embed_and_head(model),
     }
+
+
+def head_layout(config: ViTConfig) -> tuple[str, str, int]:
+    """(pool, norm, tokens): how the fused forward turns the final residual stream into the head's input.
+
+    pool   "token": the first `tokens` rows of every sample (1, or 2 for class + distillation token), concatenated
+           "avg":   the mean of the patch rows (prefix tokens excluded, as timm)
+    norm   "after":  affine-free LayerNorm of each pooled row (final norm with token pooling, or fc_norm)
+           "before": LayerNorm of every patch row, then the mean (average pooling under a final norm)
+           "none":   no LayerNorm (final_norm=False)
+    The affine parts are folded into the head weights (`fold_embed_and_head`).
+    """
+    tokens = 2 if config.distilled else 1
+    if not config.final_norm:
+        return config.global_pool, "none", tokens
+    if config.global_pool == "token" or config.use_fc_norm:
+        return config.global_pool, "after", tokens
+    return "avg", "before", tokens
 
 
 @torch.no_grad()
-def fold_head_and_pos(model: VisionTransformer) -> dict:
-    """Class token + positions, and the head with the final LayerNorm's affine folded in, float64."""
-    d = model.config.embed_dim
-    pos = model.pos_embed.detach().to(_F64)
-    if isinstance(model.head, nn.Linear):
-        head_w, head_b = _fold_norm_into_linear(model.norm, model.head.weight, model.head.bias)
-    else:  # num_classes == 0: the head is the final norm's affine alone
-        head_w = torch.diag(model.norm.weight.detach().to(_F64))
-        head_b = model.norm.bias.detach().to(_F64)
-    return {
-        "cls_pos": model.cls_token.detach().to(_F64) + pos[:, :1],   # (1, 1, D)
-        "pos_patches": pos[:, 1:].reshape(-1, d),                      # (N_p, D)
-        "head_w": head_w, "head_b": head_b,
-    }
+def fold_embed_and_head(model: VisionTransformer) -> dict:
+    """Prefix rows, patch positions, norm_pre and the head, float64 (shapes in the module docstring)."""
+    cfg = model.config
+    d = cfg.embed_dim
+    pos = model.pos_embed.detach().to(_F64).reshape(-1, d)
+    tokens = [t.detach().to(_F64).reshape(-1, d) for t in model.prefix_parameters()]
+    prefix = torch.cat(tokens, 0) if tokens else pos.new_zeros(0, d)
+    if cfg.no_embed_class:
+        pos_patches = pos
+    else:
+        prefix = prefix + pos[:cfg.num_prefix_tokens]
+        pos_patches = pos[cfg.num_prefix_tokens:]
+    norm_pre = None
+    if cfg.pre_norm:
+        norm_pre = {"weight": model.norm_pre.weight.detach().to(_F64), "bias": model.norm_pre.bias.detach().to(_F64)}
+    head_w, head_b = fold_head(model)
+    return {"prefix": prefix, "pos_patches": pos_patches, "norm_pre": norm_pre, "head_w": head_w, "head_b": head_b}
+
+
+def _affine_head(norm: nn.Module, head: nn.Module, d: int, like: torch.Tensor):
+    """(W, c) of head ∘ affine-of-norm, float64. Identity head: W = diag(g) (or I); no norm: the head alone."""
+    if isinstance(head, nn.Linear):
+        w = head.weight.detach().to(_F64)
+        c = head.bias.detach().to(_F64) if head.bias is not None else w.new_zeros(w.shape[0])
+    else:
+        w, c = torch.eye(d, dtype=_F64, device=like.device), torch.zeros(d, dtype=_F64, device=like.device)
+    if isinstance(norm, nn.LayerNorm):
+        return _fold_norm_into_linear(norm, w, c)
+    return w, c
+
+
+@torch.no_grad()
+def fold_head(model: VisionTransformer) -> tuple[torch.Tensor, torch.Tensor]:
+    """The head acting on the affine-free normalised features of `head_layout`: (C, tokens·D), (C,), float64."""
+    cfg = model.config
+    d = cfg.embed_dim
+    norm = model.fc_norm if cfg.use_fc_norm else model.norm
+    w, c = _affine_head(norm, model.head, d, model.pos_embed)
+    if not cfg.distilled:
+        return w, c
+    w_dist, c_dist = _affine_head(norm, model.head_dist, d, model.pos_embed)
+    return torch.cat([w / 2, w_dist / 2], dim=1), (c + c_dist) / 2

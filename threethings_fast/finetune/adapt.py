@@ -25,7 +25,7 @@ def replace_head(model: VisionTransformer, num_classes: int, generator=None) -> 
     if not isinstance(num_classes, int) or num_classes < 0:
         raise ValueError(f"num_classes must be an int >= 0, got {num_classes!r}")
     d = model.config.embed_dim
-    ref = model.cls_token
+    ref = model.pos_embed
     if num_classes > 0:
         head = nn.Linear(d, num_classes, device=ref.device, dtype=ref.dtype)
         with torch.no_grad():

@@ -76,8 +76,8 @@ class MultiTaskFused:
         self.base = copy.deepcopy(base).eval().requires_grad_(False)
         self.backend = backend
         self.norm = norm
-        self.dtype = dtype or base.cls_token.dtype
-        self.device = concrete_device(device) if device is not None else base.cls_token.device
+        self.dtype = dtype or base.pos_embed.dtype
+        self.device = concrete_device(device) if device is not None else base.pos_embed.device
         self.tasks: dict[str, _Task] = {}
         self.active: Optional[str] = None
         self._slots: dict[int, _Slot] = {}

@@ -5,7 +5,9 @@ fc1 GEMM (+GELU), fc2 GEMM (+residual): 7 launches whatever K is, against about 
 fuse the normalisations into the GEMMs (Triton backend, norm="fused").
 
 An ops object provides:
-    embed(images, weights) -> (B, N, D) tokens with class token and positions
+    embed(images, weights) -> (B, N, D) tokens: prefix rows, then the stem's patch tokens + positions
+    layer_norm(x (M, D), eps, weight=None, bias=None) -> (M, D) tensor: LayerNorm, affine when given (norm_pre, and
+        the per-token norm of average pooling)
     normalize(x (M, D), eps) -> x̂: LayerNorm without affine, as whatever `linear` accepts for x (a tensor, or a
         handle carrying x and its row statistics when the GEMM normalises in its epilogue)
     linear(x (M, K), w (N, K), b (N,), activation=None|"gelu", residual=None|(M, N), workspace=None,
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import torch
 
+from ..folding import head_layout
 from .weights import FusedWeights
 
 
@@ -29,6 +32,8 @@ def vit_forward(ops, weights: FusedWeights, images: torch.Tensor) -> torch.Tenso
     x = ops.embed(images, weights)                     # (B, N, D)
     b, n, d = x.shape
     x = x.reshape(b * n, d)
+    if weights.norm_pre is not None:                   # CLIP: the normalised embeddings are the residual stream
+        x = ops.layer_norm(x, eps, weights.norm_pre["weight"], weights.norm_pre["bias"])
     xn = ops.normalize(x, eps)
     last = len(weights.blocks) - 1
     for i, blk in enumerate(weights.blocks):
@@ -41,5 +46,24 @@ def vit_forward(ops, weights: FusedWeights, images: torch.Tensor) -> torch.Tenso
             x, xn = ops.linear(h, blk.w_fc2, blk.b_fc2, residual=x, then_normalize=eps)    # (B*N, D)
         else:
             x = ops.linear(h, blk.w_fc2, blk.b_fc2, residual=x)
-    cls = x.view(b, n, d)[:, 0].contiguous()           # only the class token reaches the head
-    return ops.linear(ops.normalize(cls, eps), weights.head_w, weights.head_b)
+    return ops.linear(head_features(ops, x.view(b, n, d), cfg), weights.head_w, weights.head_b)
+
+
+def head_features(ops, x: torch.Tensor, cfg) -> torch.Tensor:
+    """The head's input from the final residual stream x (B, N, D), as `folding.head_layout` says: the class
+    (and distillation) token rows or the mean of the patch rows, normalised without affine before or after."""
+    pool, norm, tokens = head_layout(cfg)
+    b, n, d = x.shape
+    eps = cfg.norm_eps
+    if pool == "token":
+        rows = x[:, :tokens].contiguous().view(b * tokens, d)    # only these rows reach the head
+        if norm == "none":
+            return rows.view(b, tokens * d)
+        if tokens == 1:
+            return ops.normalize(rows, eps)            # a handle the head GEMM may normalise with
+        return ops.layer_norm(rows, eps).view(b, tokens * d)
+    patches = x[:, cfg.num_prefix_tokens:]
+    if norm == "before":
+        patches = ops.layer_norm(patches.reshape(-1, d), eps).view(b, -1, d)
+    pooled = patches.mean(dim=1)
+    return ops.normalize(pooled, eps) if norm == "after" else pooled

@@ -6,7 +6,7 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from ..folding import fold_block, fold_head_and_pos
+from ..folding import fold_block, fold_embed_and_head
 from ..validation import check_images, concrete_device
 from .forward import vit_forward
 from .weights import FusedWeights
@@ -36,8 +36,10 @@ class FusedViT(nn.Module):
     def extra_repr(self) -> str:
         c = self.config
         norm = getattr(self.ops, "norm", "separate")
+        tokens = f", prefix_tokens={c.num_prefix_tokens}" if c.num_prefix_tokens != 1 or c.distilled else ""
         return (f"backend={self.backend}, norm={norm}, dtype={self.dtype}, device={self.device}, depth={c.depth}, "
-                f"K={c.num_parallel}, D={c.embed_dim}, heads={c.num_heads}, stem={c.stem}, img_size={c.img_size}")
+                f"K={c.num_parallel}, D={c.embed_dim}, heads={c.num_heads}, stem={c.stem}, img_size={c.img_size}, "
+                f"patch={c.patch_size}, pool={c.global_pool}{tokens}")
 
     def train(self, mode: bool = True):
         if mode:
@@ -56,13 +58,15 @@ class FusedViT(nn.Module):
         check_images(images, in_chans=cfg.in_chans, img_size=cfg.img_size, patch_size=cfg.patch_size,
                      dtype=self.dtype, device=self.device, who="FusedViT")
         with torch.no_grad():
+            if getattr(self.ops, "runs_whole_forward", False):   # the C++ engine: one op call per forward
+                return self.ops.run(self.weights, images)
             return vit_forward(self.ops, self.weights, images)
 
     @torch.no_grad()
     def refold(self, model: nn.Module, parts: Iterable[str] = ("attn", "head", "pos")) -> "FusedViT":
         """Re-fold only `parts` of `model` (same architecture) into this fused model, in place:
-        "attn" (norm1 + qkv + proj + LayerScale of every branch), "ffn", "head" (final norm + head), "pos"
-        (class token + position embeddings). The other packed weights are kept as they are: switching
+        "attn" (norm1 + qkv + proj + LayerScale of every branch), "ffn", "head" (final norm / fc_norm + head(s)),
+        "pos" (class / distillation / register tokens + position embeddings). The other packed weights are kept as they are: switching
         between tasks that share FFN/stem weights re-folds only what the task brings."""
         parts = set(parts)
         unknown = parts - {"attn", "ffn", "head", "pos"}
@@ -81,12 +85,12 @@ class FusedViT(nn.Module):
                 for name in names:
                     getattr(old, name).copy_(getattr(new, name).to(dtype=dt, device=dev))
         if "head" in parts or "pos" in parts:
-            folded = fold_head_and_pos(model)
+            folded = fold_embed_and_head(model)
             if "head" in parts:
                 w.head_w.copy_(folded["head_w"].to(dt))
                 w.head_b.copy_(folded["head_b"].to(dt))
             if "pos" in parts:
-                w.cls_pos.copy_(folded["cls_pos"].to(dt))
+                w.prefix.copy_(folded["prefix"].to(dt))
                 w.pos_patches.copy_(folded["pos_patches"].to(dt))
         refresh = getattr(self.ops, "refresh", None)
         if refresh is not None:  # what a backend derives from the weights (Triton norm="fused": column sums)

@@ -55,12 +55,18 @@ class TorchOps:
                 if i < 3:
                     t = F.gelu(t)
         tokens = t.flatten(2).transpose(1, 2) + weights.pos_patches      # (B, N_p, D)
-        cls = weights.cls_pos.expand(tokens.shape[0], -1, -1)
-        return torch.cat([cls, tokens], dim=1)
+        if not weights.prefix.shape[0]:
+            return tokens.contiguous()
+        prefix = weights.prefix.expand(tokens.shape[0], -1, -1)
+        return torch.cat([prefix, tokens], dim=1)
 
     @staticmethod
     def normalize(x: torch.Tensor, eps: float) -> torch.Tensor:
         return F.layer_norm(x, (x.shape[-1],), eps=eps)
+
+    @staticmethod
+    def layer_norm(x: torch.Tensor, eps: float, weight=None, bias=None) -> torch.Tensor:
+        return F.layer_norm(x, (x.shape[-1],), weight, bias, eps)
 
     def linear(self, x, w, b, activation=None, residual=None, workspace=None, then_normalize=None):
         y = self._linear(x, w, b, activation, residual, workspace)

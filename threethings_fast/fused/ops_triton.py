@@ -50,8 +50,7 @@ class TritonOps:
         else:
             prepared = {"kind": stem["kind"], "packed": self.tk.prepare_hmlp_stem(stem, dtype, device)}
         common = cast_common(folded, dtype, device)
-        weights = FusedWeights(config=folded["config"], stem=prepared, **common,
-                               extras={"cls_row": common["cls_pos"].reshape(-1)})
+        weights = FusedWeights(config=folded["config"], stem=prepared, **common)
         self.refresh(weights)
         return weights
 
@@ -82,11 +81,24 @@ class TritonOps:
 
     def embed(self, images: torch.Tensor, weights: FusedWeights) -> torch.Tensor:
         stem = weights.stem
-        cls = weights.extras["cls_row"]            # class token + its position, written at token 0 in-kernel
+        prefix = weights.prefix
+        # One prefix row (the class token + its position: the paper's models) is written at token 0 in-kernel;
+        # with more (distillation / register tokens) the others are put in front by one concatenation.
+        cls = prefix[-1] if prefix.shape[0] else None
         if stem["kind"] == "linear":
-            return self.tk.patch_embed(images, stem["weight"], stem["bias"], pos=weights.pos_patches, cls=cls,
-                                       patch_size=stem["patch"])
-        return self.tk.hmlp_stem(images, stem["packed"], pos=weights.pos_patches, cls=cls)
+            tokens = self.tk.patch_embed(images, stem["weight"], stem["bias"], pos=weights.pos_patches, cls=cls,
+                                         patch_size=stem["patch"])
+        else:
+            tokens = self.tk.hmlp_stem(images, stem["packed"], pos=weights.pos_patches, cls=cls)
+        if prefix.shape[0] <= 1:
+            return tokens
+        return torch.cat([prefix[:-1].expand(tokens.shape[0], -1, -1), tokens], dim=1)
+
+    def layer_norm(self, x, eps, weight=None, bias=None):
+        y = self.tk.normalize(x, eps)
+        if weight is not None:
+            y = torch.addcmul(bias, y, weight)    # rare (norm_pre): one more launch rather than a kernel variant
+        return y
 
     def normalize(self, x, eps):
         if self.norm == "fused":

@@ -26,12 +26,13 @@ class LayerNorm2d(nn.LayerNorm):
 
 
 class PatchEmbed(nn.Module):
-    """Linear patch embedding: Conv2d(in_chans -> E, kernel = stride = patch_size). Output (B, N, E), row-major."""
+    """Linear patch embedding: Conv2d(in_chans -> E, kernel = stride = patch_size). Output (B, N, E), row-major.
+    `bias=False` for models whose embeddings are normalised right away (CLIP: timm's pre_norm)."""
 
-    def __init__(self, patch_size: int = 16, in_chans: int = 3, embed_dim: int = 768):
+    def __init__(self, patch_size: int = 16, in_chans: int = 3, embed_dim: int = 768, bias: bool = True):
         super().__init__()
         self.patch_size = patch_size
-        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size, bias=bias)
 
     def forward(self, x):  # (B, C, H, W) -> (B, N, E)
         return self.proj(x).flatten(2).transpose(1, 2)
@@ -70,9 +71,9 @@ class HMLPStem(nn.Module):
         return stem_forward_masked(self, x, mask=mask, visible_idx=visible_idx, mode=mode, mask_token=mask_token)
 
 
-def build_stem(stem: str, patch_size: int, in_chans: int, embed_dim: int) -> nn.Module:
+def build_stem(stem: str, patch_size: int, in_chans: int, embed_dim: int, bias: bool = True) -> nn.Module:
     if stem == "linear":
-        return PatchEmbed(patch_size, in_chans, embed_dim)
+        return PatchEmbed(patch_size, in_chans, embed_dim, bias=bias)
     if stem in ("hmlp_bn", "hmlp_ln"):
         return HMLPStem(in_chans, embed_dim, norm=stem.split("_")[1])
     raise ValueError(f"unknown stem {stem!r}")
