@@ -1,5 +1,5 @@
 # The two README commands (bench, test). Each first sets up (or reuses) the virtual env: see scripts/env.sh.
-.PHONY: bench test test-triton36 test-timm env report bench-suite bench-gpu clean
+.PHONY: bench test test-triton36 test-timm build-cuda env report bench-suite bench-gpu engine-gpu clean
 
 export TTF_VENV ?= .venv
 PY := $(TTF_VENV)/bin/python
@@ -20,11 +20,24 @@ test-timm:        ## real-timm interop tests (CUDA build of torch 2.14.1 + torch
 	@TTF_VENV=.venv-cuda TTF_FLAVOUR=cuda scripts/env.sh >/dev/null
 	TTF_REQUIRE_TIMM=1 .venv-cuda/bin/python -m pytest -q tests/test_timm_interop.py $(ARGS)
 
+build-cuda:       ## the engine's CUDA build for sm_90a (no GPU needed) + instruction and resource checks, .venv-cuda
+	@TTF_VENV=.venv-cuda TTF_FLAVOUR=cuda scripts/env.sh >/dev/null
+	rm -rf build/torch_extensions build/engine && mkdir -p build/engine
+	@echo "building the engine extension (CUDA, sm_90a); log in build/engine/build.log"
+	@TORCH_EXTENSIONS_DIR=$(CURDIR)/build/torch_extensions TTF_BUILD_VERBOSE=1 .venv-cuda/bin/python -c \
+	  "from threethings_fast.extension import load_engine; load_engine()" > build/engine/build.log 2>&1 \
+	  || (grep -B2 -A8 -i "error" build/engine/build.log | head -80; exit 1)
+	TORCH_EXTENSIONS_DIR=$(CURDIR)/build/torch_extensions TTF_ENGINE_BUILD_LOG=build/engine/build.log \
+	  .venv-cuda/bin/python -m pytest -q tests/test_engine_build.py $(ARGS)
+
 report: env       ## the short first-version report: reference vs fused at two batch sizes
 	$(PY) -m threethings_fast.bench $(ARGS)
 
 bench-suite: env  ## pytest-benchmark suites (per op and whole model), JSON under bench/results/
 	$(PY) -m pytest -c bench/pytest.ini bench/ --benchmark-json=bench/results/bench.json $(ARGS)
+
+engine-gpu:       ## the C++ engine's one prepared GPU run (sm_90; <= 6 min with the build): make engine-gpu OUT=dir
+	bench/engine_gpu.sh $(or $(OUT),out/engine)
 
 bench-gpu:        ## the one-call GPU suite (a GPU machine with torch + triton): make bench-gpu OUT=dir
 	bench/gpu_suite.sh $(or $(OUT),out/gpu)

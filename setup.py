@@ -1,10 +1,13 @@
-"""Build hook for the optional C++/CUDA extension in csrc/.
+"""Build hook for the C++/CUDA engine extension in csrc/ (`threethings_fast._C`, ops under torch.ops.ttf).
 
 All package metadata lives in pyproject.toml. This file exists only because torch's BuildExtension (ninja) is driven
-from setup.py. The extension is built when csrc/ holds sources *and* torch is importable at build time; otherwise
-the pure-Python package (reference model, torch backend, Triton kernels) installs alone and this says why.
+from setup.py. What is built (threethings_fast/_build.py holds the sources and flags, shared with the JIT build):
+- torch with CUDA, nvcc and the CUTLASS headers present: the CUDA build for sm_90a (TORCH_CUDA_ARCH_LIST=9.0a);
+- otherwise the CPU build (the engine's CPU implementation), and this says why;
+- TTF_NO_EXTENSION=1, or torch not importable at build time: the pure-Python package alone; the extension is then
+  JIT-built on first use of backend='cuda' (threethings_fast.extension).
 """
-import glob
+import importlib.util
 import os
 import sys
 
@@ -13,34 +16,39 @@ from setuptools import setup
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
+def _build_config():
+    spec = importlib.util.spec_from_file_location("_ttf_build", os.path.join(HERE, "threethings_fast", "_build.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def _extension_kwargs():
-    sources = sorted(glob.glob(os.path.join("csrc", "**", "*.cpp"), recursive=True))
-    cuda_sources = sorted(glob.glob(os.path.join("csrc", "**", "*.cu"), recursive=True))
-    if not sources and not cuda_sources:
-        print("threethings_fast: csrc/ has no C++/CUDA sources yet; building the pure-Python package only.",
-              file=sys.stderr)
+    build = _build_config()
+    if not build.have_sources():
+        print("threethings_fast: csrc/ has no engine sources; building the pure-Python package only.", file=sys.stderr)
         return {}
     if os.environ.get("TTF_NO_EXTENSION") == "1":
-        print("threethings_fast: TTF_NO_EXTENSION=1, skipping the C++/CUDA extension.", file=sys.stderr)
+        print("threethings_fast: TTF_NO_EXTENSION=1, skipping the C++/CUDA extension (JIT-built on first use).",
+              file=sys.stderr)
         return {}
+    build.prepare_environment()
     try:
-        import torch
         from torch.utils import cpp_extension
     except ImportError:
-        print("threethings_fast: torch is not importable at build time (build isolation?); "
-              "skipping the C++/CUDA extension. Install with --no-build-isolation to build it.", file=sys.stderr)
+        print("threethings_fast: torch is not importable at build time (build isolation?); skipping the C++/CUDA "
+              "extension. Install with --no-build-isolation to build it, or let it JIT-build on first use.",
+              file=sys.stderr)
         return {}
-    use_cuda = bool(cuda_sources) and cpp_extension.CUDA_HOME is not None and torch.version.cuda is not None
-    if use_cuda:
-        ext = cpp_extension.CUDAExtension(
-            "threethings_fast._C", sources + cuda_sources,
-            extra_compile_args={"cxx": ["-O3"], "nvcc": ["-O3", "-gencode=arch=compute_90a,code=sm_90a",
-                                                         "-gencode=arch=compute_80,code=sm_80"]})
-    else:
-        if cuda_sources:
-            print("threethings_fast: torch has no CUDA here; building the CPU part of the extension only.",
-                  file=sys.stderr)
-        ext = cpp_extension.CppExtension("threethings_fast._C", sources, extra_compile_args=["-O3"])
+    problem = build.cuda_build_problem()
+    with_cuda = problem is None
+    if not with_cuda:
+        print(f"threethings_fast: building the CPU part of the engine only ({problem}).", file=sys.stderr)
+    args = build.build_arguments(with_cuda)
+    ext_type = cpp_extension.CUDAExtension if with_cuda else cpp_extension.CppExtension
+    extra = {"cxx": args["cxx"], "nvcc": args["nvcc"]} if with_cuda else args["cxx"]
+    sources = [os.path.relpath(s, HERE) for s in args["sources"]]
+    ext = ext_type("threethings_fast._C", sources, include_dirs=args["include_dirs"], extra_compile_args=extra)
     return {"ext_modules": [ext], "cmdclass": {"build_ext": cpp_extension.BuildExtension}}
 
 

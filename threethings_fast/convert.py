@@ -35,7 +35,10 @@ def convert(model: Union[nn.Module, Mapping], backend: str = "auto", *, dtype: O
              Modules are read exactly (heads, eps, patch size, tokens, pooling, stem); anything the fused path cannot
              reproduce (qk-norm, SwiGLU, a tanh GELU, attention pooling, a custom block, dropout active in train
              mode, ...) raises ValueError naming it.
-    backend: "auto" (Triton on CUDA when triton is installed, else torch), "torch", "triton", "cuda".
+    backend: "auto": on an sm_90 GPU the C++ engine for batches up to 8 and the Triton kernels above (after a
+             one-batch self-check of the engine against Triton); on other GPUs Triton; on the CPU torch.
+             "torch", "triton", or "cuda" (the C++ engine alone: one op per forward; on the CPU its ATen
+             implementation, for tests). The fused model's repr names what runs.
     dtype, device: of the fused model; default those of the model (a state dict: its floating dtype, the CPU).
              Inputs must then be of that dtype and device.
     norm:    "separate" (default: a normalisation kernel writes x̂ for the QKV and fc1 GEMMs, 7 launches per block)
@@ -57,10 +60,21 @@ def convert(model: Union[nn.Module, Mapping], backend: str = "auto", *, dtype: O
     if dtype not in _DTYPES:
         raise TypeError(f"dtype must be one of {_DTYPES}, got {dtype}")
     device = concrete_device(device) if device is not None else default_device
+    requested = backend
     backend = resolve_backend(backend, device)
+    if backend == "hybrid" and (dtype not in (torch.bfloat16, torch.float16) or _engine_problem(reference, dtype)):
+        backend = "triton"       # auto: the engine only where its kernels run this model
     ops = make_ops(backend, norm)
     weights = ops.prepare(fold_model(reference), dtype, device)
+    if backend == "hybrid" and requested == "auto":
+        ops.self_check(weights)
     return FusedViT(weights, ops, dtype, device)
+
+
+def _engine_problem(reference: VisionTransformer, dtype: torch.dtype) -> str:
+    """Why the engine's CUDA kernels cannot run `reference` in `dtype` ("" when they can)."""
+    from .fused.ops_engine import EngineOps
+    return EngineOps.config_problem(reference.config, dtype)
 
 
 def _reference_from_module(module: nn.Module) -> VisionTransformer:

@@ -1,0 +1,137 @@
+#!/usr/bin/env bash
+# The C++ engine's one prepared GPU run (make engine-gpu OUT=dir): build, kernel tests, model tests, latency.
+#
+#     bench/engine_gpu.sh OUTDIR        # on the GPU image (torch, triton, timm preinstalled; offline)
+#
+# CUTLASS headers: $CUTLASS_DIR, an installed nvidia-cutlass, or the wheel carried in .whl/ (fetch it beforehand on a
+# machine with PyPI: pip download --no-deps nvidia-cutlass==4.2.0.0 -d .whl), unpacked into build/cutlass.
+#
+# Time model (an H200 machine: 16 cores, 128 GB; total budget TTF_ENGINE_GPU_SECONDS, default 360 s):
+#   env       ~5 s     GPU, versions, CUTLASS                                          cap  20 s
+#   build     ~150 s   12 CUTLASS GEMM TUs (~90 s each on one core, all in parallel), attention, row kernels and
+#                      the 5 torch-facing C++ files; MAX_JOBS=12 (3.5 GB per CUTLASS nvcc)                  cap 200 s
+#   kernels   ~30 s    each kernel alone against float64 (GEMM epilogues and splits, attention N = 1..577,
+#                      head_dim 32..128), NaN-poisoned outputs                                               cap  60 s
+#   models    ~60 s    stems, S18x2 / S36x1 / B12x1 / B18x2 at batch 1, 2, 4, 8 against the reference's own bf16
+#                      error, variants, CUDA-graph replay == eager, determinism                             cap  90 s
+#   latency   ~90 s    bench/bench_engine.py: engine, engine+graph, triton+graph, timm eager, timm
+#                      torch.compile(reduce-overhead); S18x2, S36x1, B12x1 at batch 1 and 8; 200 calls each  cap 120 s
+# Each step ends at its cap (SIGINT, then SIGKILL 20 s later) or when the budget is spent; a failed step is
+# recorded and the next one runs (latency needs the build, nothing else). Without CUDA the env step stops the run
+# at once, with exit status 3.
+# Files in OUTDIR (at most 8): summary.md (first), build.log, kernels.xml, models.xml, tests.log, latency.json,
+# latency.md.
+set -uo pipefail
+
+OUT="${1:?usage: bench/engine_gpu.sh OUTDIR}"
+mkdir -p "$OUT" || exit 2
+OUT="$(cd "$OUT" && pwd)"
+REPO="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$REPO"
+TOTAL="${TTF_ENGINE_GPU_SECONDS:-360}"
+GRACE=20
+START=$(date +%s)
+PY="${TTF_PYTHON:-python3}"
+export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+export TORCH_EXTENSIONS_DIR="$REPO/build/torch_extensions" TTF_BUILD_VERBOSE=1 MAX_JOBS="${MAX_JOBS:-12}"
+SUMMARY="$OUT/summary.md"
+ROWS=""
+
+left() { echo $(( TOTAL - ($(date +%s) - START) )); }
+
+step() {   # step NAME CAP CMD...: stdout+stderr appended to LOG (default tests.log), status into the summary
+  local name="$1" cap="$2"; shift 2
+  local budget=$(( $(left) - GRACE ))
+  (( cap < budget )) && budget=$cap
+  if (( budget < 10 )); then
+    ROWS+="| $name | skipped: budget spent | 0 |"$'\n'; return 1
+  fi
+  local t0=$(date +%s)
+  echo "[engine_gpu] $name (cap ${budget}s): $*"
+  timeout -s INT --kill-after="$GRACE" "$budget" "$@" >> "${LOG:-$OUT/tests.log}" 2>&1
+  local rc=$? seconds=$(( $(date +%s) - t0 ))
+  local status="ok"
+  (( rc == 124 || rc == 130 || rc == 137 )) && status="stopped at cap"
+  (( rc != 0 )) && [ "$status" = ok ] && status="failed (rc $rc)"
+  ROWS+="| $name | $status | $seconds |"$'\n'
+  echo "[engine_gpu] $name: $status in ${seconds}s"
+  return $rc
+}
+
+write_summary() {
+  {
+    echo "# Engine GPU run"
+    echo
+    echo "$ENV_LINE"
+    echo
+    echo "| step | result | seconds |"
+    echo "|---|---|---:|"
+    printf "%s" "$ROWS"
+    for xml in kernels models; do
+      [ -f "$OUT/$xml.xml" ] && "$PY" - "$OUT/$xml.xml" <<'EOF'
+import sys, xml.etree.ElementTree as ET
+s = ET.parse(sys.argv[1]).getroot()
+s = s.find("testsuite") if s.tag == "testsuites" else s
+fails = [c.get("name") for c in s.iter("testcase") if c.find("failure") is not None or c.find("error") is not None]
+print(f"\n{sys.argv[1].rsplit('/', 1)[-1]}: {s.get('tests')} tests, {s.get('failures')} failures, "
+      f"{s.get('errors')} errors, {s.get('skipped')} skipped" + (f"; first failures: {fails[:8]}" if fails else ""))
+EOF
+    done
+    [ -f "$OUT/latency.md" ] && { echo; cat "$OUT/latency.md"; }
+  } > "$SUMMARY"
+}
+trap write_summary EXIT
+
+# ---- env: a CUDA GPU of compute capability 9.0, versions, CUTLASS
+ENV_LINE="$("$PY" - <<'EOF' 2>&1
+import sys
+try:
+    import torch
+except ImportError:
+    raise SystemExit(f"{sys.executable} cannot import torch (set TTF_PYTHON to the interpreter that has it)")
+if not torch.cuda.is_available():
+    raise SystemExit("no CUDA device: bench/engine_gpu.sh runs the engine's kernels on an sm_90 GPU (H100 / H200)")
+import triton
+cc = torch.cuda.get_device_capability()
+try:
+    import timm; tv = timm.__version__
+except ImportError:
+    tv = "absent"
+print(f"{torch.cuda.get_device_name()} (sm_{cc[0]}{cc[1]}), torch {torch.__version__}, CUDA {torch.version.cuda}, "
+      f"triton {triton.__version__}, timm {tv}")
+EOF
+)"
+ENV_RC=$?
+echo "[engine_gpu] $ENV_LINE"
+if (( ENV_RC != 0 )); then
+  ROWS+="| env | failed: no CUDA | 0 |"$'\n'
+  echo "engine_gpu.sh: $ENV_LINE" >&2
+  exit 3
+fi
+if [ -z "${CUTLASS_DIR:-}" ] && ! "$PY" -c "import importlib.util as u; assert u.find_spec('cutlass_library')" 2>/dev/null; then
+  WHEEL="$(ls .whl/nvidia_cutlass-*.whl 2>/dev/null | head -1)"
+  if [ -n "$WHEEL" ]; then
+    rm -rf build/cutlass && mkdir -p build/cutlass && "$PY" -m zipfile -e "$WHEEL" build/cutlass
+    export CUTLASS_DIR="$REPO/build/cutlass/cutlass_library/source"
+  fi
+fi
+ROWS+="| env | ok | 0 |"$'\n'
+
+# ---- build
+if LOG="$OUT/build.log" step build 200 "$PY" -c \
+    "from threethings_fast.extension import engine_capabilities as c; caps = c(); assert caps['cuda'], caps; print(caps)"; then
+  BUILT=1
+else
+  BUILT=0
+  grep -i -m 20 "error" "$OUT/build.log" >&2
+fi
+
+# ---- tests: kernels alone first, then stems and whole models
+if (( BUILT )); then
+  step kernels 60 "$PY" -m pytest -q -p no:cacheprovider tests/test_engine_gpu.py \
+    -k "gemm_kernel or attention_kernel or large_logits" --junitxml="$OUT/kernels.xml"
+  step models 90 "$PY" -m pytest -q -p no:cacheprovider tests/test_engine_gpu.py \
+    -k "not gemm_kernel and not attention_kernel and not large_logits" --junitxml="$OUT/models.xml"
+  step latency 120 "$PY" bench/bench_engine.py --out "$OUT/latency.json" --models S18x2 S36x1 B12x1 --batches 1 8
+fi
+echo "[engine_gpu] done in $(( $(date +%s) - START ))s; summary in $SUMMARY"

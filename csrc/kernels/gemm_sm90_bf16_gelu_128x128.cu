@@ -1,0 +1,7 @@
+// bf16, D = gelu_erf(acc + bias[n]), 128×128 cooperative tile.
+// One CUTLASS kernel per translation unit, so the build compiles them in parallel (see gemm_sm90.cuh).
+#include "gemm_sm90.cuh"
+
+namespace ttf::engine::sm90 {
+template struct Sm90Gemm<DType::kBF16, GemmEpilogue::kBiasGelu, GemmTile::k128x128>;
+}  // namespace ttf::engine::sm90

@@ -1,0 +1,7 @@
+// bf16, D[s] = acc of split s, float32, 64×128 pingpong tile.
+// One CUTLASS kernel per translation unit, so the build compiles them in parallel (see gemm_sm90.cuh).
+#include "gemm_sm90.cuh"
+
+namespace ttf::engine::sm90 {
+template struct Sm90Gemm<DType::kBF16, GemmEpilogue::kPartialF32, GemmTile::k64x128>;
+}  // namespace ttf::engine::sm90
