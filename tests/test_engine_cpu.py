@@ -248,3 +248,15 @@ def test_hybrid_backend_routes_by_batch_and_falls_back_on_a_failed_self_check():
     assert not ops.engine_ok and fused.backend == "triton"
     x = images_for(model64, 1)
     assert_within_bound(fused(x.float()), model32(x.float()), model64(x), torch.float32)
+
+
+def test_torch_compile_traces_the_engine_op():
+    fused = engine_model(make_model("tiny_2x2", dtype=torch.float32))
+    x, w, cfg, eps = _op_args(fused)
+    x = x.float()
+
+    def forward(images):
+        return torch.ops.ttf.vit_forward(images, w, cfg, eps) * 2
+
+    compiled = torch.compile(forward, backend="aot_eager", fullgraph=True)
+    torch.testing.assert_close(compiled(x), fused(x) * 2)

@@ -26,18 +26,30 @@ __device__ __forceinline__ float round_to(float v) {
   return to_float<T>(from_float<T>(v));
 }
 
-// Two-pass mean and 1/sqrt(var + eps) of the `n` values row[0..n) (run dtype), over one warp.
-template <typename T>
-__device__ __forceinline__ void row_stats(const T* row, int n, float eps, int lane, float& mean, float& rstd) {
+// Two-pass mean and 1/sqrt(var + eps) of value(0..n), over one warp (value is evaluated twice per column).
+template <typename Value>
+__device__ __forceinline__ void warp_stats(Value value, int n, float eps, int lane, float& mean, float& rstd) {
   float s = 0.f;
-  for (int j = lane; j < n; j += 32) s += to_float<T>(row[j]);
+  for (int j = lane; j < n; j += 32) s += value(j);
   mean = warp_sum(s) / n;
   float q = 0.f;
   for (int j = lane; j < n; j += 32) {
-    const float d = to_float<T>(row[j]) - mean;
+    const float d = value(j) - mean;
     q += d * d;
   }
   rstd = 1.0f / sqrtf(warp_sum(q) / n + eps);
+}
+
+// The same over a stored row (run dtype): the statistics of exactly what the next consumer reads.
+template <typename T>
+__device__ __forceinline__ void row_stats(const T* row, int n, float eps, int lane, float& mean, float& rstd) {
+  warp_stats([&](int j) { return to_float<T>(row[j]); }, n, eps, lane, mean, rstd);
+}
+
+// Row kernels: each warp owns one row; -1 past the end.
+__device__ __forceinline__ int64_t warp_row(int64_t rows) {
+  const int64_t r = int64_t(blockIdx.x) * kWarpsPerBlock + threadIdx.x / 32;
+  return r < rows ? r : -1;
 }
 
 __device__ __forceinline__ void prefetch_both(const Prefetch& p) {
@@ -87,8 +99,8 @@ __global__ void __launch_bounds__(kRowThreads) embed_finish_kernel(const EmbedFi
   grid_dependency_wait();
   grid_dependents_launch();
   const int lane = threadIdx.x % 32;
-  const int64_t r = int64_t(blockIdx.x) * kWarpsPerBlock + threadIdx.x / 32;
-  if (r >= int64_t(p.B) * p.N) return;
+  const int64_t r = warp_row(int64_t(p.B) * p.N);
+  if (r < 0) return;
   const int D = p.D, Np = p.N - p.P;
   const int64_t b = r / p.N;
   const int t = static_cast<int>(r % p.N);
@@ -106,17 +118,8 @@ __global__ void __launch_bounds__(kRowThreads) embed_finish_kernel(const EmbedFi
       return u;
     };
     float mean = 0.f, rstd = 1.f;
-    if (p.ln_w != nullptr) {   // the hMLP-LN stem's last norm, on the unrounded stage-3 output
-      float s1 = 0.f;
-      for (int j = lane; j < D; j += 32) s1 += value(j);
-      mean = warp_sum(s1) / D;
-      float s2 = 0.f;
-      for (int j = lane; j < D; j += 32) {
-        const float d = value(j) - mean;
-        s2 += d * d;
-      }
-      rstd = 1.0f / sqrtf(warp_sum(s2) / D + p.ln_eps);
-    }
+    if (p.ln_w != nullptr) warp_stats(value, D, p.ln_eps, lane, mean, rstd);   // the hMLP-LN stem's last norm,
+                                                                                // on the unrounded stage-3 output
     const T* pos = static_cast<const T*>(p.pos) + int64_t(t - p.P) * D;
     const T* ln_w = static_cast<const T*>(p.ln_w);
     const T* ln_b = static_cast<const T*>(p.ln_b);
@@ -148,27 +151,19 @@ __global__ void __launch_bounds__(kRowThreads) bias_ln_gelu_kernel(const BiasLnG
   grid_dependency_wait();
   grid_dependents_launch();
   const int lane = threadIdx.x % 32;
-  const int64_t r = int64_t(blockIdx.x) * kWarpsPerBlock + threadIdx.x / 32;
-  if (r >= p.rows) return;
+  const int64_t r = warp_row(p.rows);
+  if (r < 0) return;
   const int n = p.cols;
   const float* in = p.partial + r * n;
   const T* bias = static_cast<const T*>(p.bias);
-  float s1 = 0.f;
-  for (int j = lane; j < n; j += 32) s1 += in[j] + to_float<T>(bias[j]);
-  const float mean = warp_sum(s1) / n;
-  float s2 = 0.f;
-  for (int j = lane; j < n; j += 32) {
-    const float d = in[j] + to_float<T>(bias[j]) - mean;
-    s2 += d * d;
-  }
-  const float rstd = 1.0f / sqrtf(warp_sum(s2) / n + p.eps);
+  auto value = [&](int j) { return in[j] + to_float<T>(bias[j]); };
+  float mean, rstd;
+  warp_stats(value, n, p.eps, lane, mean, rstd);
   const T* w = static_cast<const T*>(p.ln_w);
   const T* b = static_cast<const T*>(p.ln_b);
   T* out = static_cast<T*>(p.out) + r * n;
-  for (int j = lane; j < n; j += 32) {
-    const float u = (in[j] + to_float<T>(bias[j]) - mean) * rstd * to_float<T>(w[j]) + to_float<T>(b[j]);
-    out[j] = from_float<T>(gelu_erf(u));
-  }
+  for (int j = lane; j < n; j += 32)
+    out[j] = from_float<T>(gelu_erf((value(j) - mean) * rstd * to_float<T>(w[j]) + to_float<T>(b[j])));
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -178,8 +173,8 @@ __global__ void __launch_bounds__(kRowThreads) residual_ln_kernel(const Residual
   grid_dependency_wait();
   grid_dependents_launch();
   const int lane = threadIdx.x % 32;
-  const int64_t r = int64_t(blockIdx.x) * kWarpsPerBlock + threadIdx.x / 32;
-  if (r >= p.rows) return;
+  const int64_t r = warp_row(p.rows);
+  if (r < 0) return;
   const int n = p.cols;
   const int64_t split_stride = int64_t(p.rows) * n;
   const T* bias = static_cast<const T*>(p.bias);
@@ -192,7 +187,7 @@ __global__ void __launch_bounds__(kRowThreads) residual_ln_kernel(const Residual
     xrow[j] = stored;
     s1 += to_float<T>(stored);
   }
-  const float mean = warp_sum(s1) / n;
+  const float mean = warp_sum(s1) / n;   // the first pass summed the stored values on the way
   float s2 = 0.f;
   for (int j = lane; j < n; j += 32) {
     const float d = to_float<T>(xrow[j]) - mean;

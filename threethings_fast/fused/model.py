@@ -62,6 +62,14 @@ class FusedViT(nn.Module):
                 return self.ops.run(self.weights, images)
             return vit_forward(self.ops, self.weights, images)
 
+    def capture(self, batch_sizes):
+        """CUDA graphs of this model's forward for the given batch sizes (`threethings_fast.fused.graphs`): a
+        callable that replays one graph per call. The backends launch without host synchronisation, so a whole
+        forward — 131 launches of the C++ engine for S18x2 — becomes one replay. Its output is a static buffer,
+        overwritten by the next call of the same batch size."""
+        from .graphs import capture
+        return capture(self, batch_sizes)
+
     @torch.no_grad()
     def refold(self, model: nn.Module, parts: Iterable[str] = ("attn", "head", "pos")) -> "FusedViT":
         """Re-fold only `parts` of `model` (same architecture) into this fused model, in place:
