@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # The C++ engine's one prepared GPU run (make engine-gpu OUT=dir): build, kernel tests, model tests, latency.
 #
-#     bench/engine_gpu.sh OUTDIR        # on the GPU image (torch, triton, timm preinstalled; offline)
+#     bench/engine_gpu.sh OUTDIR            # on the GPU image (torch, triton, timm preinstalled; offline)
+#     bench/engine_gpu.sh OUTDIR sanitize   # env + build, then compute-sanitizer over every kernel variant
 #
 # CUTLASS headers: $CUTLASS_DIR, an installed nvidia-cutlass, or the wheel carried in .whl/ (fetch it beforehand on a
 # machine with PyPI: pip download --no-deps nvidia-cutlass==4.2.0.0 -d .whl), unpacked into build/cutlass.
 #
 # Time model (an H200 machine: 16 cores, 128 GB; total budget TTF_ENGINE_GPU_SECONDS, default 360 s):
 #   env       ~5 s     GPU, versions, CUTLASS                                          cap  20 s
-#   build     ~150 s   12 CUTLASS GEMM TUs (~90 s each on one core, all in parallel), attention, row kernels and
+#   build     ~150 s   12 CUTLASS GEMM TUs (about 90 s each on one core, in parallel), attention, row kernels and
 #                      the 5 torch-facing C++ files; MAX_JOBS=12 (3.5 GB per CUTLASS nvcc)                  cap 200 s
 #   kernels   ~30 s    each kernel alone against float64 (GEMM epilogues and splits, attention N = 1..577,
 #                      head_dim 32..128), NaN-poisoned outputs                                               cap  60 s
@@ -21,9 +22,14 @@
 # at once, with exit status 3.
 # Files in OUTDIR (at most 8): summary.md (first), build.log, kernels.xml, models.xml, tests.log, latency.json,
 # latency.md.
+# Mode "sanitize" (its own call): after env and build, bench/sanitize_engine.py under compute-sanitizer memcheck
+# (both attention tile shapes: TTF_ATTENTION_ROWS=64, 32), racecheck, and initcheck on the stems, each capped at
+# 90 s; only where the tool works: it does on Firecracker machines, not on gVisor (detected with a probe and
+# reported with the kernel release). Files: summary.md, build.log, sanitize.log.
 set -uo pipefail
 
-OUT="${1:?usage: bench/engine_gpu.sh OUTDIR}"
+OUT="${1:?usage: bench/engine_gpu.sh OUTDIR [sanitize]}"
+MODE="${2:-run}"
 mkdir -p "$OUT" || exit 2
 OUT="$(cd "$OUT" && pwd)"
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
@@ -124,6 +130,30 @@ if LOG="$OUT/build.log" step build 200 "$PY" -c \
 else
   BUILT=0
   grep -i -m 20 "error" "$OUT/build.log" >&2
+fi
+
+# ---- compute-sanitizer (mode "sanitize")
+if [ "$MODE" = sanitize ]; then
+  (( BUILT )) || exit 4
+  TOOL="$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)"
+  RUNTIME="kernel $(uname -r)"
+  if [ -z "$TOOL" ]; then
+    ROWS+="| sanitize | skipped: compute-sanitizer not installed ($RUNTIME) | 0 |"$'\n'
+  elif ! "$TOOL" --tool memcheck "$PY" -c "import torch; torch.zeros(1, device='cuda'); torch.cuda.synchronize()" \
+      > "$OUT/sanitize.log" 2>&1 || grep -q "not supported" "$OUT/sanitize.log"; then
+    ROWS+="| sanitize | skipped: compute-sanitizer does not work here ($RUNTIME; gVisor?) | 0 |"$'\n'
+  else
+    ENV_LINE+=" · compute-sanitizer works ($RUNTIME)"
+    for rows in 64 32; do
+      TTF_ATTENTION_ROWS=$rows LOG="$OUT/sanitize.log" step "memcheck-rows$rows" 90 \
+        "$TOOL" --tool memcheck --error-exitcode 9 "$PY" bench/sanitize_engine.py
+    done
+    LOG="$OUT/sanitize.log" step racecheck 90 "$TOOL" --tool racecheck --error-exitcode 9 "$PY" \
+      bench/sanitize_engine.py --no-triton
+    LOG="$OUT/sanitize.log" step initcheck-stems 90 "$TOOL" --tool initcheck --error-exitcode 9 "$PY" \
+      bench/sanitize_engine.py --stems-only
+  fi
+  exit 0
 fi
 
 # ---- tests: kernels alone first, then stems and whole models

@@ -43,11 +43,11 @@ CUTLASS_SPEC="nvidia-cutlass==4.2.0.0"
 STAMP="$VENV/.ttf-installed-$( (cat pyproject.toml setup.py scripts/env.sh; echo "$TRITON_SPEC $NUMPY_SPEC $FLAVOUR") \
   | sha256sum | cut -c1-16)"
 if [ ! -f "$STAMP" ]; then
-  TOOLS="$NUMPY_SPEC pytest pytest-benchmark ninja matplotlib tqdm scikit-learn setuptools>=64 wheel"
+  TOOLS="$NUMPY_SPEC pytest pytest-benchmark hypothesis ninja matplotlib tqdm scikit-learn setuptools>=64 wheel"
   if "$VPY" -c "import torch, triton" >/dev/null 2>&1; then
     # Offline GPU image: install only tools that are missing, and never touch torch/triton.
-    for mod_pkg in numpy:numpy pytest:pytest pytest_benchmark:pytest-benchmark ninja:ninja matplotlib:matplotlib \
-                   tqdm:tqdm sklearn:scikit-learn; do
+    for mod_pkg in numpy:numpy pytest:pytest pytest_benchmark:pytest-benchmark hypothesis:hypothesis ninja:ninja \
+                   matplotlib:matplotlib tqdm:tqdm sklearn:scikit-learn; do
       mod="${mod_pkg%%:*}"; pkg="${mod_pkg##*:}"
       "$VPY" -c "import $mod" >/dev/null 2>&1 || "$VPY" -m pip install -q "$pkg" >&2 \
         || echo "env: could not install $pkg (offline?); the features that need it will say so" >&2

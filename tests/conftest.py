@@ -52,3 +52,15 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+def pytest_terminal_summary(terminalreporter):
+    from helpers import FUZZ_TABLE, PROPERTY_COUNTS
+    if FUZZ_TABLE:
+        terminalreporter.section("checkpoint fuzzing: corruption -> outcome")
+        for source, what, outcome in FUZZ_TABLE:
+            terminalreporter.write_line(f"{source:16s} {what:34s} {outcome}")
+    if PROPERTY_COUNTS:
+        terminalreporter.section("property-based tests: examples run")
+        for name, n in sorted(PROPERTY_COUNTS.items()):
+            terminalreporter.write_line(f"{n:5d}  {name}")

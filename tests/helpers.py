@@ -5,6 +5,18 @@ import torch
 
 import threethings_fast as ttf
 
+# Examples run per property (tests/test_properties.py), printed at the end of the session by conftest.py.
+PROPERTY_COUNTS: dict[str, int] = {}
+
+
+# (source, corruption, error) rows of tests/test_checkpoint_fuzz.py, printed at the end of the session.
+FUZZ_TABLE: list[tuple[str, str, str]] = []
+
+
+def count_example(name: str) -> None:
+    PROPERTY_COUNTS[name] = PROPERTY_COUNTS.get(name, 0) + 1
+
+
 # atol per dtype, added to 2x the reference's own low-precision error
 ATOL = {torch.float64: 1e-12, torch.float32: 1e-6, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
 

@@ -156,6 +156,8 @@ def test_op_checks_every_argument():
         op(x, w, cfg, eps, torch.empty(16, dtype=torch.uint8))
     with pytest.raises(RuntimeError, match="workspace must be a contiguous uint8 vector"):
         op(x, w, cfg, eps, torch.empty(10 ** 6, dtype=torch.float32))
+    with pytest.raises(RuntimeError, match="16-byte aligned"):
+        op(x, w, cfg, eps, torch.empty(10 ** 6 + 1, dtype=torch.uint8)[1:])
 
 
 def test_workspace_plan_regions_do_not_overlap_and_splits_fit_the_gpu():

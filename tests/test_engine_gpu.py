@@ -165,3 +165,37 @@ def test_engine_refuses_what_its_kernels_cannot_run():
 @pytest.mark.skipif(os.environ.get("TTF_ATTENTION_ROWS") is None, reason="tile override not set")
 def test_attention_tile_override_still_exact():
     test_attention_kernel(197, 64, 1, 12)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 6. memory stability on the GPU
+def test_device_memory_is_flat_across_calls_replays_and_converts():
+    _, model, engine = paper_model("S18x2")
+    x = torch.randn(1, 3, 224, 224, device="cuda", dtype=BF16)
+    for _ in range(10):
+        engine(x)
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    for _ in range(1000):
+        engine(x)
+    torch.cuda.synchronize()
+    assert torch.cuda.memory_allocated() == before, "eager calls allocate more and more"
+    graphed = engine.capture([1])
+    graphed(x)
+    torch.cuda.synchronize()
+    after_capture = torch.cuda.memory_allocated()
+    for _ in range(1000):
+        graphed(x)
+    torch.cuda.synchronize()
+    assert torch.cuda.memory_allocated() == after_capture, "graph replays allocate"
+    del graphed
+    small = make_model("tiny_2x2", dtype=BF16).cuda()
+    import gc
+    gc.collect()
+    baseline = torch.cuda.memory_allocated()
+    for _ in range(100):
+        fused = ttf.convert(small, backend="cuda")
+        fused(images_for(small, 1, BF16, "cuda"))
+        del fused
+    gc.collect()
+    assert torch.cuda.memory_allocated() - baseline < 2 ** 20, "converted models are not freed"

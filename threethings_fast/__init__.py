@@ -18,7 +18,7 @@ if _os.path.isfile(_os.path.join(_ROOT, "pyproject.toml")) and _os.path.isdir(_o
 
 from .api import create_model  # noqa: E402
 from .checkpoint import (CheckpointError, detect_layout, export_state_dict, infer_config,  # noqa: E402
-                         load_state_dict)
+                         load_state_dict, read_checkpoint)
 from .configs import ViTConfig, from_name, list_models  # noqa: E402
 from .convert import convert  # noqa: E402
 from .fused import FusedViT  # noqa: E402
@@ -27,4 +27,4 @@ from .macs import count_macs  # noqa: E402
 __version__ = "0.1.0"
 
 __all__ = ["ViTConfig", "from_name", "list_models", "create_model", "load_state_dict", "export_state_dict",
-           "detect_layout", "infer_config", "CheckpointError", "convert", "FusedViT", "count_macs"]
+           "detect_layout", "infer_config", "read_checkpoint", "CheckpointError", "convert", "FusedViT", "count_macs"]

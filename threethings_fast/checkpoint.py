@@ -16,8 +16,9 @@ The stem keys (`patch_embed.proj.*`, hMLP under `patch_embed.proj.{0..7}`), cls_
 from __future__ import annotations
 
 import math
+import os
 import re
-from typing import Mapping, Optional
+from typing import Mapping, Optional, Union
 
 import torch
 
@@ -29,6 +30,27 @@ _BLOCK_KEY = re.compile(r"^blocks\.(\d+)\.(.+)$")
 
 class CheckpointError(ValueError):
     """A state dict does not fit the model (missing/unexpected keys, wrong shapes, unknown layout)."""
+
+
+def read_checkpoint(path: Union[str, os.PathLike]) -> dict:
+    """A checkpoint file -> its state dict (wrappers removed), read with torch.load(weights_only=True): loading
+    never runs code; a pickle that would is refused. Raises CheckpointError for a truncated, corrupt or foreign
+    file, FileNotFoundError if there is none."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no checkpoint file at {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:   # zip, pickle and weights_only errors differ by torch version; all mean the same here
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        unsafe = "weights_only" in str(e) or "Unsupported global" in str(e)
+        raise CheckpointError(
+            f"cannot read checkpoint {path}: " + ("it holds objects other than tensors and plain containers, which "
+                                                   "could run code when loaded; refused" if unsafe else
+                                                   "it is truncated or corrupt, or not a torch file")
+            + f" ({type(e).__name__}: {first[:200]})") from e
+    if not isinstance(payload, Mapping):
+        raise CheckpointError(f"checkpoint {path} holds a {type(payload).__name__}, not a state dict")
+    return unwrap(payload)
 
 
 def unwrap(state_dict: Mapping) -> dict:
@@ -53,7 +75,9 @@ _TIMM_ONLY_KEYS = ("dist_token", "reg_token", "norm_pre.weight", "fc_norm.weight
 
 def detect_layout(state_dict: Mapping) -> str:
     """'timm' or 'deit'. Key names decide where they differ; otherwise (a K = 1 model without LayerScale) the
-    pos_embed shape does: deit's excludes the class-token row."""
+    pos_embed shape does: deit's excludes the class-token row, so it covers a square grid, and timm's (1 + g²
+    rows) never does. A timm checkpoint that lost a position row therefore reads as deit: pass layout= where the
+    source is known."""
     keys = list(state_dict)
     if any(".attns." in k or ".ffns." in k or ".ls1.gamma" in k or ".ls2.gamma" in k for k in keys):
         return "timm"
@@ -169,10 +193,13 @@ def from_internal(state_dict: Mapping, layout: str, config: ViTConfig) -> dict:
     return out
 
 
-def load_state_dict(model: torch.nn.Module, state_dict: Mapping, layout: Optional[str] = None) -> str:
+def load_state_dict(model: torch.nn.Module, state_dict: Mapping, layout: Optional[str] = None, *,
+                    allow_nonfinite: bool = False) -> str:
     """Load a deit- or timm-layout state dict (auto-detected unless `layout` is given) into a reference model,
-    strictly. Returns the layout it detected. Raises CheckpointError naming missing/unexpected keys and shape
-    mismatches; nothing is copied unless everything fits."""
+    strictly. Returns the layout it detected. Raises CheckpointError naming missing / unexpected keys, shape
+    mismatches, tensors that are not floating point where the model's are, and NaN / Inf values (unless
+    `allow_nonfinite`); nothing is copied unless everything fits. Floating tensors of another precision load as the
+    model's dtype (exactly when it is at least as wide)."""
     sd = unwrap(state_dict)
     layout = layout or detect_layout(sd)
     config = model.config
@@ -182,18 +209,38 @@ def load_state_dict(model: torch.nn.Module, state_dict: Mapping, layout: Optiona
     unexpected = sorted(set(ours) - set(expected))
     bad_shapes = [f"{k}: checkpoint {tuple(ours[k].shape)} vs model {tuple(v.shape)}"
                   for k, v in expected.items() if k in ours and ours[k].shape != v.shape]
-    if missing or unexpected or bad_shapes:
+    bad_dtypes = [f"{k}: expected a floating-point tensor, got {ours[k].dtype}" for k, v in expected.items()
+                  if k in ours and v.is_floating_point() and not ours[k].is_floating_point()]
+    if missing or unexpected or bad_shapes or bad_dtypes:
         msg = [f"state dict ({layout} layout) does not fit {type(model).__name__} ({config})"]
         if missing:
             msg.append(f"missing keys ({len(missing)}): {missing[:20]}{' ...' if len(missing) > 20 else ''}")
         if unexpected:
             msg.append(f"unexpected keys ({len(unexpected)}): {unexpected[:20]}"
                        f"{' ...' if len(unexpected) > 20 else ''}")
+        if missing or unexpected:
+            k = _num_parallel(ours, "timm")
+            if k != config.num_parallel:
+                msg.append(f"the checkpoint's blocks have {k} branch(es), the model's {config.num_parallel}: "
+                           f"build the model with num_parallel={k}")
         if bad_shapes:
             msg.append(f"shape mismatches ({len(bad_shapes)}): {bad_shapes[:10]}")
             if any(s.startswith("pos_embed") for s in bad_shapes):
                 msg.append(_pos_embed_hint(ours["pos_embed"], config))
+            head = ours.get("head.weight")
+            if head is not None and head.dim() == 2 and any(s.startswith("head.") for s in bad_shapes):
+                msg.append(f"the checkpoint's head has {head.shape[0]} classes: build the model with "
+                           f"num_classes={head.shape[0]}")
+        if bad_dtypes:
+            msg.append(f"wrong dtypes ({len(bad_dtypes)}): {bad_dtypes[:10]}")
         raise CheckpointError("\n  ".join(msg))
+    if not allow_nonfinite:
+        nonfinite = [f"{k} ({int((~torch.isfinite(v)).sum())} of {v.numel()})" for k, v in ours.items()
+                     if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+        if nonfinite:
+            raise CheckpointError(f"the state dict holds NaN / Inf values in {len(nonfinite)} tensor(s): "
+                                  f"{nonfinite[:10]}; a model with them outputs NaN. Pass allow_nonfinite=True to "
+                                  "load them anyway")
     model.load_state_dict(ours, strict=True)
     return layout
 
@@ -201,8 +248,8 @@ def load_state_dict(model: torch.nn.Module, state_dict: Mapping, layout: Optiona
 def _pos_embed_hint(pos: torch.Tensor, config: ViTConfig) -> str:
     rows = pos.shape[1] if pos.dim() == 3 else -1
     if config.num_prefix_tokens and rows == config.num_patches and not config.no_embed_class:
-        return ("pos_embed has no rows for the prefix tokens: the checkpoint is a no_embed_class model (DeiT III); "
-                "build the model with no_embed_class=True")
+        return ("pos_embed has one row per patch and none for the prefix tokens: if the checkpoint is a "
+                "no_embed_class model (DeiT III), build the model with no_embed_class=True")
     if config.num_prefix_tokens and rows == config.num_tokens and config.no_embed_class:
         return "pos_embed has rows for the prefix tokens: build the model with no_embed_class=False"
     return ("pos_embed differs: build the model at the checkpoint's img_size, load, then "

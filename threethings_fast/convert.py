@@ -1,12 +1,13 @@
 """`convert`: a model the user already has (ours, timm's, deit's) or a state dict -> fused inference model."""
 from __future__ import annotations
 
+import os
 from typing import Mapping, Optional, Union
 
 import torch
 from torch import nn
 
-from .checkpoint import CheckpointError, infer_config, load_state_dict, unwrap
+from .checkpoint import CheckpointError, infer_config, load_state_dict, read_checkpoint, unwrap
 from .configs import ViTConfig, from_name
 from .folding import fold_model
 from .fused.backends import make_ops, resolve_backend
@@ -18,9 +19,9 @@ from .validation import concrete_device
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
-def convert(model: Union[nn.Module, Mapping], backend: str = "auto", *, dtype: Optional[torch.dtype] = None,
-            device=None, config: Union[str, ViTConfig, None] = None, num_heads: Optional[int] = None,
-            norm: str = "separate") -> FusedViT:
+def convert(model: Union[nn.Module, Mapping, str, os.PathLike], backend: str = "auto", *,
+            dtype: Optional[torch.dtype] = None, device=None, config: Union[str, ViTConfig, None] = None,
+            num_heads: Optional[int] = None, norm: str = "separate", allow_nonfinite: bool = False) -> FusedViT:
     """Fold a model into a fused inference model with the same outputs.
 
     model:   one of
@@ -30,8 +31,10 @@ def convert(model: Union[nn.Module, Mapping], backend: str = "auto", *, dtype: O
                `VisionTransformerDistilled`;
              - the official deit `vit_models` (models_v2: LayerScale and parallel blocks, hMLP stem with BatchNorm or
                SyncBatchNorm);
-             - a timm/deit-layout state dict. A state dict does not store the number of heads: give `num_heads`
-               (the rest is read from its keys and shapes, see `infer_config`) or a `config` (name or ViTConfig).
+             - a timm/deit-layout state dict, or the path of a checkpoint file holding one (read with
+               weights_only=True: `read_checkpoint`). A state dict does not store the number of heads: give
+               `num_heads` (the rest is read from its keys and shapes, see `infer_config`) or a `config` (name or
+               ViTConfig).
              Modules are read exactly (heads, eps, patch size, tokens, pooling, stem); anything the fused path cannot
              reproduce (qk-norm, SwiGLU, a tanh GELU, attention pooling, a custom block, dropout active in train
              mode, ...) raises ValueError naming it.
@@ -46,15 +49,18 @@ def convert(model: Union[nn.Module, Mapping], backend: str = "auto", *, dtype: O
              QKV / fc1 GEMMs apply the LayerNorm in their epilogue, 5 launches per block, no x̂ in memory). Which
              is faster is for the GPU benchmark to say (bench/notes/normalize.md); both give the same outputs within
              the dtype's rounding.
+    allow_nonfinite: load weights holding NaN / Inf (refused by default: CheckpointError naming the tensors).
     BatchNorm in an hMLP stem is folded with its running statistics (eval semantics) whatever mode `model` is in.
     """
+    if isinstance(model, (str, os.PathLike)):
+        model = read_checkpoint(model)
     if isinstance(model, Mapping):
-        reference = _reference_from_state_dict(model, config, num_heads)
+        reference = _reference_from_state_dict(model, config, num_heads, allow_nonfinite)
         default_dtype, default_device = _state_dict_dtype(model), torch.device("cpu")
     else:
         if config is not None or num_heads is not None:
             raise TypeError("config / num_heads describe a state dict; a module carries its own architecture")
-        reference = _reference_from_module(model)
+        reference = _reference_from_module(model, allow_nonfinite)
         default_dtype, default_device = reference.pos_embed.dtype, reference.pos_embed.device
     dtype = dtype or default_dtype
     if dtype not in _DTYPES:
@@ -64,11 +70,18 @@ def convert(model: Union[nn.Module, Mapping], backend: str = "auto", *, dtype: O
     backend = resolve_backend(backend, device)
     if backend == "hybrid" and (dtype not in (torch.bfloat16, torch.float16) or _engine_problem(reference, dtype)):
         backend = "triton"       # auto: the engine only where its kernels run this model
+    if requested == "auto" and backend == "triton" and (dtype == torch.float64 or not _triton_runs(reference)):
+        backend = "torch"        # auto: plain torch ops where the Triton kernels cannot run the model
     ops = make_ops(backend, norm)
     weights = ops.prepare(fold_model(reference), dtype, device)
     if backend == "hybrid" and requested == "auto":
         ops.self_check(weights)
     return FusedViT(weights, ops, dtype, device)
+
+
+def _triton_runs(reference: VisionTransformer) -> bool:
+    from . import triton_kernels
+    return reference.config.head_dim in triton_kernels.SUPPORTED_HEAD_DIMS
 
 
 def _engine_problem(reference: VisionTransformer, dtype: torch.dtype) -> str:
@@ -77,15 +90,25 @@ def _engine_problem(reference: VisionTransformer, dtype: torch.dtype) -> str:
     return EngineOps.config_problem(reference.config, dtype)
 
 
-def _reference_from_module(module: nn.Module) -> VisionTransformer:
+def _reference_from_module(module: nn.Module, allow_nonfinite: bool) -> VisionTransformer:
     if isinstance(module, VisionTransformer):
+        if not allow_nonfinite:
+            _check_finite(module.state_dict())
         return module
     config, state_dict, layout = read_module(module)
     dtype = next((t.dtype for t in state_dict.values() if t.is_floating_point()), torch.float32)
-    return _reference_holding(config, state_dict, layout, dtype, module_device(state_dict))
+    return _reference_holding(config, state_dict, layout, dtype, module_device(state_dict), allow_nonfinite)
 
 
-def _reference_from_state_dict(state_dict: Mapping, config, num_heads: Optional[int]) -> VisionTransformer:
+def _check_finite(state_dict: Mapping) -> None:
+    bad = [k for k, v in state_dict.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointError(f"the model holds NaN / Inf values in {len(bad)} tensor(s): {bad[:10]}; a fused model "
+                              "of it outputs NaN. Pass allow_nonfinite=True to convert it anyway")
+
+
+def _reference_from_state_dict(state_dict: Mapping, config, num_heads: Optional[int],
+                               allow_nonfinite: bool) -> VisionTransformer:
     if config is None:
         config = infer_config(state_dict, num_heads=num_heads)
     else:
@@ -95,17 +118,18 @@ def _reference_from_state_dict(state_dict: Mapping, config, num_heads: Optional[
             raise TypeError(f"config must be a model name or a ViTConfig, got {type(config).__name__}")
         if num_heads is not None and num_heads != config.num_heads:
             raise ValueError(f"num_heads={num_heads} contradicts config.num_heads={config.num_heads}")
-    return _reference_holding(config, state_dict, None, _widest_dtype(state_dict), torch.device("cpu"))
+    return _reference_holding(config, state_dict, None, _widest_dtype(state_dict), torch.device("cpu"),
+                              allow_nonfinite)
 
 
 def _reference_holding(config: ViTConfig, state_dict: Mapping, layout: Optional[str], dtype: torch.dtype,
-                       device: torch.device) -> VisionTransformer:
+                       device: torch.device, allow_nonfinite: bool) -> VisionTransformer:
     """A reference model of `config` holding exactly the values of `state_dict` (in `dtype`, wide enough for every
     tensor), built without random initialisation."""
     with torch.device("meta"):
         reference = VisionTransformer(config)
     reference = reference.to_empty(device=device).to(dtype)
-    load_state_dict(reference, state_dict, layout)
+    load_state_dict(reference, state_dict, layout, allow_nonfinite=allow_nonfinite)
     return reference.eval()
 
 

@@ -37,8 +37,14 @@ def check_images(images, *, in_chans: int, img_size: int, patch_size: int, dtype
                          if h == w else
                          f"{who} was built for {img_size}x{img_size} images, got {h}x{w} (non-square inputs are "
                          f"not supported)")
+    check_image_dtype(images, dtype, who)
+    if images.device != concrete_device(device):
+        raise RuntimeError(f"{who} lives on {device} but got images on {images.device}")
+
+
+def check_image_dtype(images: torch.Tensor, dtype: torch.dtype, who: str = "model") -> None:
+    """TypeError unless the images have the model's dtype. Every backend checks this itself too (a kernel that
+    casts its input would otherwise run a half-precision model on float32 images without a word)."""
     if images.dtype != dtype:
         raise TypeError(f"{who} holds {dtype} weights but got {images.dtype} images; cast the images "
                         f"(images.to({dtype})) or the model")
-    if images.device != concrete_device(device):
-        raise RuntimeError(f"{who} lives on {device} but got images on {images.device}")

@@ -1,6 +1,7 @@
 // Parsing of the engine's config lists and the argument checks shared by the CPU and CUDA forwards.
 #include "engine.h"
 
+#include <cstdint>
 #include <sstream>
 #include <utility>
 
@@ -166,6 +167,10 @@ void check_weights(const Config& cfg, const at::TensorList& weights, at::ScalarT
     TORCH_CHECK(t.device() == device, "ttf::vit_forward: weight ", i, " (", name, ") is on ", t.device(),
                 ", the images on ", device);
     TORCH_CHECK(t.is_contiguous(), "ttf::vit_forward: weight ", i, " (", name, ") must be contiguous");
+    // TMA loads and the L2 bulk prefetch need 16-byte aligned bases (a view at an odd offset would fault on the
+    // device, after earlier launches were queued, instead of failing here).
+    TORCH_CHECK(!device.is_cuda() || reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0, "ttf::vit_forward: "
+                "weight ", i, " (", name, ") must start at a 16-byte aligned address (a fresh tensor, not a view)");
   }
 }
 
@@ -194,6 +199,8 @@ std::string cuda_envelope_problem(const Config& c, at::ScalarType dtype) {
     why << "K·F = " << c.branches * c.hidden << " is not a multiple of 8 (TMA needs 16-byte rows)";
   } else if (c.stem != StemKind::kLinear && c.stem_hidden() % 8 != 0) {
     why << "the hMLP stem's width E/4 = " << c.stem_hidden() << " is not a multiple of 8";
+  } else if (c.width > 12288) {
+    why << "width " << c.width << " exceeds 12288 (the head kernel keeps a pooled row in 48 KB of shared memory)";
   }
   return why.str();
 }

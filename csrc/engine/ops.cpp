@@ -42,6 +42,7 @@ Prepared prepare(const at::Tensor& images, at::TensorList weights, at::IntArrayR
   } else {
 #ifdef TTF_WITH_CUDA
     TORCH_CHECK(device.is_cuda(), "ttf::vit_forward runs on CPU or CUDA tensors, got ", device);
+    const c10::cuda::CUDAGuard guard(device);   // the plan reads this device's SM count
     p.plan = make_plan(p.cfg, batch, dtype, cuda_sm_count(device), cuda_gemm_workspace_bytes(p.cfg, batch, dtype));
 #else
     TORCH_CHECK(false, "ttf::vit_forward: this build of the extension has no CUDA (torch without CUDA at build "
@@ -55,6 +56,12 @@ Prepared prepare(const at::Tensor& images, at::TensorList weights, at::IntArrayR
                 " ", w.sizes(), " on ", w.device());
     TORCH_CHECK(w.numel() >= p.plan.total_bytes, "ttf::vit_forward: workspace of ", w.numel(),
                 " bytes is smaller than the ", p.plan.total_bytes, " this batch needs (ttf::vit_plan)");
+    // Regions sit at 256-byte offsets from the start: TMA wants 16-byte (and the kernels' vector accesses more)
+    // aligned bases on the GPU; on the CPU the element size is what matters.
+    const uintptr_t alignment = device.is_cuda() ? 256 : 16;
+    TORCH_CHECK(reinterpret_cast<uintptr_t>(w.data_ptr()) % alignment == 0, "ttf::vit_forward: the workspace must "
+                "start at a ", alignment, "-byte aligned address (its regions are aligned relative to it); allocate "
+                "it with torch.empty rather than slicing one");
     p.workspace = w;
   } else {
     p.workspace = at::empty({p.plan.total_bytes}, images.options().dtype(at::kByte));

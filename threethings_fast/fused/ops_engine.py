@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from ..folding import head_layout
+from ..validation import check_image_dtype
 from .weights import FusedWeights, cast_common
 
 CONFIG_VERSION = 1
@@ -64,7 +65,8 @@ def engine_config(weights: FusedWeights, stem: dict) -> tuple[list[int], list[fl
 
 class EngineOps:
     """Packs once (prepare), then one op call per forward (run). Owns one workspace per batch size for eager calls,
-    so a model must not run two forwards at once from different threads."""
+    so a model must not run two forwards at once (from two threads, or on two CUDA streams without an event
+    between them)."""
 
     name = "cuda"
     runs_whole_forward = True
@@ -150,6 +152,7 @@ class EngineOps:
         return buf
 
     def run(self, weights: FusedWeights, images: torch.Tensor) -> torch.Tensor:
+        check_image_dtype(images, weights.pos_patches.dtype, "FusedViT")
         e = weights.extras["engine"]
         return torch.ops.ttf.vit_forward(images, e["tensors"], e["config"], e["eps"],
                                          self._workspace_for(weights, images))
@@ -157,5 +160,6 @@ class EngineOps:
     def embed(self, images: torch.Tensor, weights: FusedWeights) -> torch.Tensor:
         """The stem alone, (B, N, D) tokens entering the blocks (norm_pre applied): for tests against the other
         backends' embedding."""
+        check_image_dtype(images, weights.pos_patches.dtype, "FusedViT")
         e = weights.extras["engine"]
         return torch.ops.ttf.vit_embed(images, e["tensors"], e["config"], e["eps"])

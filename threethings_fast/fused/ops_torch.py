@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from .weights import FusedWeights, cast_common
+from ..validation import check_image_dtype
 
 
 class TorchOps:
@@ -40,6 +41,7 @@ class TorchOps:
 
     # -- ops ----------------------------------------------------------------------------------------------------
     def embed(self, images: torch.Tensor, weights: FusedWeights) -> torch.Tensor:
+        check_image_dtype(images, weights.pos_patches.dtype, "FusedViT")
         stem = weights.stem
         if stem["kind"] == "linear":
             p = stem["patch"]

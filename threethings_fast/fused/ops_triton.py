@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from .weights import FusedWeights, cast_common
+from ..validation import check_image_dtype
 
 NORM_MODES = ("separate", "fused")
 
@@ -42,6 +43,10 @@ class TritonOps:
     def prepare(self, folded: dict, dtype: torch.dtype, device) -> FusedWeights:
         if dtype == torch.float64:
             raise TypeError("the Triton backend runs float16, bfloat16 or float32; use backend='torch' for float64")
+        head_dim = folded["config"].head_dim
+        if head_dim not in self.tk.SUPPORTED_HEAD_DIMS:
+            raise ValueError(f"backend='triton': head_dim {head_dim} is not supported (the attention kernel takes "
+                             f"{', '.join(map(str, self.tk.SUPPORTED_HEAD_DIMS))}); use backend='torch'")
         stem = folded["stem"]
         if stem["kind"] == "linear":
             prepared = {"kind": "linear", "patch": stem["patch"],
@@ -80,6 +85,8 @@ class TritonOps:
         return entry[1]
 
     def embed(self, images: torch.Tensor, weights: FusedWeights) -> torch.Tensor:
+        # The stem kernels cast their input by design (standalone use); the model does not.
+        check_image_dtype(images, weights.pos_patches.dtype, "FusedViT")
         stem = weights.stem
         prefix = weights.prefix
         # One prefix row (the class token + its position: the paper's models) is written at token 0 in-kernel;
