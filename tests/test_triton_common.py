@@ -34,3 +34,13 @@ def test_launch_choice_one_rule_for_every_op(monkeypatch):
     assert kernel is plain and meta == fp32 and meta is not fp32  # a copy: launchers may not edit the table
     assert common.launch_choice(plain, tuned, interpreter_meta=small, fp32_meta=fp32, fp32=False) == (tuned, {})
     assert common.launch_choice(plain, tuned, interpreter_meta=small, fp32=True) == (tuned, {})   # no fp32 path
+
+
+def test_linear_autotune_key_separates_epilogue_variants():
+    """Triton keys a tuned config by the listed arguments and the dtypes only, not the constexpr flags: the epilogue
+    variant must be an argument of the key, or the fused-norm GEMM inherits the separate one's tile."""
+    for tuned in (linear_mod._linear_kernel_small, linear_mod._linear_kernel_large):
+        assert "EPILOGUE" in tuned.keys
+    variants = {linear_mod._epilogue_key(b, r, a, n, s, t) for b in (0, 1) for r in (0, 1) for a in (0, 1)
+                for n in (0, 1) for s in (0, 1) for t in (0, 1)}
+    assert len(variants) == 64

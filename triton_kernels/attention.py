@@ -97,8 +97,10 @@ def _attention_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
+    # (batch, head) on grid axis 0 (up to 2^31 - 1 programs): axis 1 holds at most 65,535, which B18x2's 24 heads
+    # would pass at batch 2,731. Query tiles (a handful) on axis 1.
+    pid_bh = tl.program_id(0)
+    pid_m = tl.program_id(1)
     b = pid_bh // H
     h = pid_bh % H
 
@@ -170,7 +172,7 @@ def _attention_launch(qkv: torch.Tensor, o: torch.Tensor, num_heads: int, head_d
     precision = "ieee"  # fp32 inputs are the accuracy path; bf16/fp16 ignore it
 
     def grid(meta):
-        return (triton.cdiv(N, meta["BLOCK_M"]), B * num_heads)
+        return (B * num_heads, triton.cdiv(N, meta["BLOCK_M"]))
 
     kernel, meta = launch_choice(_attention_kernel, _attention_kernel_tuned, interpreter_meta=_INTERPRETER_META,
                                  fp32_meta=_FP32_META, fp32=qkv.dtype == torch.float32)

@@ -49,7 +49,9 @@ STAT_W = 32
 ACTIVATIONS = {None: 0, "gelu": 1}
 
 
-@triton.jit
+# EPILOGUE only keys the autotuner (Triton's key holds the listed arguments and the dtypes, not the constexpr flags:
+# without it the separate- and fused-norm variants of one shape would share whichever config was tuned first).
+@triton.jit(do_not_specialize=["EPILOGUE"])
 def _linear_kernel(
     # pointers
     x_ptr,  # (M, K) activations, row stride stride_xm, unit inner stride
@@ -62,6 +64,7 @@ def _linear_kernel(
     so_ptr,  # (M, cdiv(N, STAT_W), 2) fp32 partial row statistics of y, as stored (STATS_OUT)
     # sizes
     M, N, K,
+    EPILOGUE,  # unused by the body: autotune key only (_epilogue_key)
     # strides
     stride_xm, stride_wn, stride_rm, stride_ym,
     # scalars
@@ -190,8 +193,16 @@ _CONFIGS_SMALL_M = [
 #: M at or below this uses the small-tile list (1-2 images at 224 px).
 SMALL_M = 512
 
-_linear_kernel_large = autotuned(_linear_kernel, _CONFIGS_LARGE_M, ["M", "N", "K"])
-_linear_kernel_small = autotuned(_linear_kernel, _CONFIGS_SMALL_M, ["M", "N", "K"])
+_linear_kernel_large = autotuned(_linear_kernel, _CONFIGS_LARGE_M, ["M", "N", "K", "EPILOGUE"])
+_linear_kernel_small = autotuned(_linear_kernel, _CONFIGS_SMALL_M, ["M", "N", "K", "EPILOGUE"])
+
+
+def _epilogue_key(has_bias: bool, has_residual: bool, activation: int, norm_in: bool, stats_out: bool,
+                  tf32: bool) -> int:
+    """One int per epilogue variant, for the autotune key (the variants differ in registers and shared memory,
+    so each wants its own tile)."""
+    return (int(has_bias) | int(has_residual) << 1 | int(activation) << 2 | int(norm_in) << 4 | int(stats_out) << 5
+            | int(tf32) << 6)
 
 #: fp32 operands (IEEE or tf32): one conservative config, (64·32 + 32·64)·4 B = 16 KB per stage. The bf16 tile
 #: lists would need 2x the shared memory in fp32: 128x256x64 x 3 stages is 288 KB, over the 227 KB an H100 block
@@ -232,6 +243,8 @@ def _linear_launch(x2: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.
             norm.partials if norm is not None else x2, colsum if colsum is not None else x2,
             stats_out if stats_out is not None else x2,
             M, N, K,
+            _epilogue_key(bias is not None, residual2 is not None, ACTIVATIONS[activation], norm is not None,
+                          stats_out is not None, precision == "tf32"),
             x2.stride(0), weight.stride(0), stride_rm, y2.stride(0),
             float(eps),
             HAS_BIAS=bias is not None,
