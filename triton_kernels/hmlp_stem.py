@@ -363,7 +363,7 @@ def _hmlp_stem_kernel(
 # ---------------------------------------------------------------------------------------------------------------
 # Configurations
 # ---------------------------------------------------------------------------------------------------------------
-# Unmeasured starting points (no GPU in the session that wrote this). Checked only by compiling for sm_90 on a CPU
+# Unmeasured starting points (no GPU has run them yet). Checked only by compiling for sm_90 on a CPU
 # host (tests/test_sm90_compile.py, triton 3.9 ptxas): shared memory for E = 768 is 80 KB (BLOCK_P 16) .. 135 KB
 # (64), for E = 1024 up to 168 KB; the BLOCK_P = 64 / 8-warp config hits 255 registers and spills (E = 768: ~0.8 KB
 # per thread BN, ~2 KB LN), the BLOCK_P = 16 one barely (40 B). The autotuner weighs that on the GPU; if the

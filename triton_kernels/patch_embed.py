@@ -94,7 +94,7 @@ def _patch_embed_kernel(
                           e0, E, HAS_CLS, BEIT, HAS_POS, BLOCK_E)
 
 
-# Unmeasured starting points (no GPU in the session that wrote this); a plain GEMM with K = C·p² = 768.
+# Unmeasured starting points (no GPU has run them yet); a plain GEMM with K = C·p² = 768.
 def _config(bp, be, bk, warps, stages):
     return triton.Config({"BLOCK_P": bp, "BLOCK_E": be, "BLOCK_K": bk}, num_warps=warps, num_stages=stages)
 
