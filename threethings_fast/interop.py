@@ -333,14 +333,15 @@ def _read_timm(module, reader: _Reader) -> dict:
     if getattr(module, "pos_embed", None) is None:
         reader.refuse("no position embedding (pos_embed='none')")
     if getattr(module, "attn_pool", None) is not None:
-        reader.refuse(f"attention pooling ({_name(module.attn_pool)}, global_pool={module.global_pool!r})")
-    pool = module.global_pool
+        reader.refuse(f"attention pooling ({_name(module.attn_pool)}, global_pool="
+                      f"{getattr(module, 'global_pool', None)!r})")
+    pool = getattr(module, "global_pool", "token")
     if pool not in ("token", "avg") and getattr(module, "attn_pool", None) is None:
         reader.refuse(f"global_pool={pool!r} (token and avg pooling are fused)")
     if getattr(module, "pool_include_prefix", False):
         reader.refuse("pool_include_prefix=True (average pooling over the prefix tokens too)")
-    pre_norm = reader.layer_norm(module.norm_pre, "norm_pre", optional=True)
-    has_norm = reader.layer_norm(module.norm, "norm", optional=True)
+    pre_norm = reader.layer_norm(getattr(module, "norm_pre", None), "norm_pre", optional=True)
+    has_norm = reader.layer_norm(getattr(module, "norm", None), "norm", optional=True)
     has_fc_norm = reader.layer_norm(getattr(module, "fc_norm", None), "fc_norm", optional=True)
     if has_norm and has_fc_norm:
         reader.refuse("both a final norm and fc_norm")
@@ -349,13 +350,15 @@ def _read_timm(module, reader: _Reader) -> dict:
     distilled = _name(module) == "VisionTransformerDistilled"
     if distilled and getattr(module, "distilled_training", False) and module.training:
         reader.refuse("distilled_training in train mode (returns two outputs)")
-    if distilled and module.num_classes > 0 and not isinstance(module.head_dist, nn.Linear):
+    if distilled and isinstance(module.head, nn.Linear) and not isinstance(getattr(module, "head_dist", None),
+                                                                            nn.Linear):
         reader.refuse(f"a distillation head {_qualname(module.head_dist)}")
     reg = getattr(module, "reg_token", None)
     fields = _common_fields(reader, module)
     fields.update(
-        class_token=module.cls_token is not None, distilled=distilled,
-        reg_tokens=int(reg.shape[1]) if reg is not None else 0, no_embed_class=bool(module.no_embed_class),
+        class_token=getattr(module, "cls_token", None) is not None, distilled=distilled,
+        reg_tokens=int(reg.shape[1]) if reg is not None else 0,
+        no_embed_class=bool(getattr(module, "no_embed_class", False)),
         pre_norm=pre_norm, global_pool=pool if pool in ("token", "avg") else "token",
         fc_norm=None if has_fc_norm == (pool == "avg") else has_fc_norm, final_norm=has_norm or has_fc_norm,
     )
