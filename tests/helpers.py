@@ -1,4 +1,5 @@
-"""Shared test helpers: models with non-trivial weights, and the dtype-relative error bound of STYLE.md §6."""
+"""Shared test helpers: models with non-trivial weights, and the dtype-relative error bound
+|fused − ref64| <= 2·|ref_lowp − ref64| + atol(dtype): the fused error against the reference's own low-precision error."""
 from __future__ import annotations
 
 import torch

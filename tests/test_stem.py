@@ -4,8 +4,8 @@ Reference: masking before the stem (run it on the visible patches only) equals m
 patch, then select / replace) bit for bit in float64, and hidden patches cannot leak into visible tokens (NaN in the
 hidden pixels leaves the visible tokens unchanged, bit for bit).
 
-Fused kernels (CPU: Triton interpreter, tiny shapes): STYLE.md §6 bound against the float64 reference,
-``max|f − r64| <= 2·max|r_lowp − r64| + atol``; outputs NaN-poisoned through ``out=``; fp32 and fp16 here, bf16
+Fused kernels (CPU: Triton interpreter, tiny shapes): the error against the float64 reference is bounded by the
+reference's own low-precision error, ``max|f − r64| <= 2·max|r_lowp − r64| + atol``; outputs NaN-poisoned through ``out=``; fp32 and fp16 here, bf16
 on GPU only (``tl.dot`` on bf16 is wrong under the interpreter). TRITON_INTERPRET=1 is set by tests/conftest.py
 (and here) before triton is imported.
 """

@@ -6,7 +6,7 @@ imports the kernels. If another module imported ``threethings_fast.triton_kernel
 process without the variable, the interpreted tests here skip with a message (run pytest with
 ``TRITON_INTERPRET=1`` in the environment, or set it in tests/conftest.py, to avoid that).
 
-Tolerances follow STYLE.md §6: with the fused output f, the reference in the same low precision r and the float64
+Tolerances are relative to PyTorch's own error: with the fused output f, the reference in the same low precision r and the float64
 reference r64, ``max|f − r64| <= 2·max|r − r64| + atol(dtype)``. Outputs are NaN-poisoned (``out=``) so an
 element the kernel forgets to write fails. bf16 only on GPU: ``tl.dot`` on bf16 is wrong under the interpreter.
 Shapes are tiny on the CPU (interpreted kernels cost ~ms per program and per op).
@@ -60,7 +60,7 @@ DTYPES_GPU = [
 
 
 def assert_close_to_ref(fused, ref_lowp, ref64, atol, what=""):
-    """STYLE.md §6: the fused error is at most twice PyTorch's own low-precision error, plus atol."""
+    """The fused error is at most twice PyTorch's own low-precision error, plus atol."""
     assert fused.shape == ref64.shape, (fused.shape, ref64.shape)
     assert torch.isfinite(fused).all(), f"{what}: non-finite output (unwritten poisoned element?)"
     err = (fused.double() - ref64).abs().max().item() if fused.numel() else 0.0

@@ -235,14 +235,18 @@ def load_state_dict(model: torch.nn.Module, state_dict: Mapping, layout: Optiona
             msg.append(f"wrong dtypes ({len(bad_dtypes)}): {bad_dtypes[:10]}")
         raise CheckpointError("\n  ".join(msg))
     if not allow_nonfinite:
-        nonfinite = [f"{k} ({int((~torch.isfinite(v)).sum())} of {v.numel()})" for k, v in ours.items()
-                     if v.is_floating_point() and not bool(torch.isfinite(v).all())]
-        if nonfinite:
-            raise CheckpointError(f"the state dict holds NaN / Inf values in {len(nonfinite)} tensor(s): "
-                                  f"{nonfinite[:10]}; a model with them outputs NaN. Pass allow_nonfinite=True to "
-                                  "load them anyway")
+        check_finite(ours, "the state dict")
     model.load_state_dict(ours, strict=True)
     return layout
+
+
+def check_finite(state_dict: Mapping, what: str) -> None:
+    """CheckpointError naming every tensor holding NaN / Inf (with counts): such weights make the outputs NaN."""
+    bad = [f"{k} ({int((~torch.isfinite(v)).sum())} of {v.numel()})" for k, v in state_dict.items()
+           if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointError(f"{what} holds NaN / Inf values in {len(bad)} tensor(s): {bad[:10]}; a model with "
+                              "them outputs NaN. Pass allow_nonfinite=True to load them anyway")
 
 
 def _pos_embed_hint(pos: torch.Tensor, config: ViTConfig) -> str:

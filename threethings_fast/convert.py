@@ -7,7 +7,7 @@ from typing import Mapping, Optional, Union
 import torch
 from torch import nn
 
-from .checkpoint import CheckpointError, infer_config, load_state_dict, read_checkpoint, unwrap
+from .checkpoint import CheckpointError, check_finite, infer_config, load_state_dict, read_checkpoint, unwrap
 from .configs import ViTConfig, from_name
 from .folding import fold_model
 from .fused.backends import make_ops, resolve_backend
@@ -93,18 +93,11 @@ def _engine_problem(reference: VisionTransformer, dtype: torch.dtype) -> str:
 def _reference_from_module(module: nn.Module, allow_nonfinite: bool) -> VisionTransformer:
     if isinstance(module, VisionTransformer):
         if not allow_nonfinite:
-            _check_finite(module.state_dict())
+            check_finite(module.state_dict(), "the model")
         return module
     config, state_dict, layout = read_module(module)
     dtype = next((t.dtype for t in state_dict.values() if t.is_floating_point()), torch.float32)
     return _reference_holding(config, state_dict, layout, dtype, module_device(state_dict), allow_nonfinite)
-
-
-def _check_finite(state_dict: Mapping) -> None:
-    bad = [k for k, v in state_dict.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
-    if bad:
-        raise CheckpointError(f"the model holds NaN / Inf values in {len(bad)} tensor(s): {bad[:10]}; a fused model "
-                              "of it outputs NaN. Pass allow_nonfinite=True to convert it anyway")
 
 
 def _reference_from_state_dict(state_dict: Mapping, config, num_heads: Optional[int],

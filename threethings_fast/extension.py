@@ -8,7 +8,6 @@ part, and names the cause when it cannot build).
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 import sys
 import threading
@@ -27,16 +26,8 @@ def _registered() -> bool:
     return True
 
 
-def _load_build_config():
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_build.py")
-    spec = importlib.util.spec_from_file_location("threethings_fast._build", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _jit_build() -> None:
-    build = _load_build_config()
+    from . import _build as build
     build.prepare_environment()
     from torch.utils import cpp_extension
     if not build.have_sources():

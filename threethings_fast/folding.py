@@ -1,4 +1,4 @@
-"""Exact folding of a reference model into the packed weights of the fused inference model (DESIGN.md).
+"""Exact folding of a reference model into the packed weights of the fused inference model.
 
 All folds are computed in float64 and cast once to the run dtype, so the only extra rounding is that final cast.
 
