@@ -33,7 +33,7 @@ build-cuda:       ## the engine's CUDA build for sm_90a (no GPU needed) + instru
 	TORCH_EXTENSIONS_DIR=$(CURDIR)/build/torch_extensions TTF_ENGINE_BUILD_LOG=build/engine/build.log \
 	  .venv-cuda/bin/python -m pytest -q tests/test_engine_build.py $(ARGS)
 
-report: env       ## the short first-version report: reference vs fused at two batch sizes
+report: env       ## the short reference-vs-fused report: the profiler's --preset report (two batch sizes)
 	$(PY) -m threethings_fast.bench $(ARGS)
 
 bench-suite: env  ## pytest-benchmark suites (per op and whole model), JSON under bench/results/
@@ -42,8 +42,8 @@ bench-suite: env  ## pytest-benchmark suites (per op and whole model), JSON unde
 engine-gpu:       ## the C++ engine's one prepared GPU run (sm_90; <= 6 min with the build): make engine-gpu OUT=dir
 	bench/engine_gpu.sh $(or $(OUT),out/engine)
 
-bench-gpu:        ## the one-call GPU suite (a GPU machine with torch + triton): make bench-gpu OUT=dir
-	bench/gpu_suite.sh $(or $(OUT),out/gpu)
+bench-gpu:        ## the Triton path's tiered GPU run (GPU image: torch, triton, timm): make bench-gpu TIER=1 OUT=dir
+	bench/gpu_suite.sh $(or $(TIER),1) $(or $(OUT),out/gpu-tier$(or $(TIER),1))
 
 clean:
 	rm -rf $(TTF_VENV) .venv-triton3.6 .venv-cuda build *.egg-info .pytest_cache .benchmarks

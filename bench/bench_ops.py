@@ -2,11 +2,12 @@
 
 Setups are the shapes a folded S18x2 / B18x2 block sees at 224 px (N = 197 tokens, K = 2 branches):
 CUDA: both widths at batch 1 and 64, bf16; CPU: S18x2 at batch 1, float32.
-Providers:
-    reference   the op's plain PyTorch reference (`<op>_ref` beside each kernel; the reference model's stem)
-    compile     torch.compile of that reference (CUDA only)
-    torch       the fused model's torch backend op (threethings_fast.fused.ops_torch)
-    triton      the Triton kernel (threethings_fast.triton_kernels; CUDA only)
+Providers (the registry's names, threethings_fast.providers, for the op each runs; skipped where the registry says
+the provider cannot run):
+    reference      the op's plain PyTorch reference (`<op>_ref` beside each kernel; the reference model's stem)
+    compile        torch.compile of that reference (CUDA only)
+    fused[torch]   the fused model's torch backend op (threethings_fast.fused.ops_torch)
+    fused[triton]  the Triton kernel (threethings_fast.triton_kernels; CUDA only)
 Names read `test_<op>[<setup>-<provider>]`, groups `<op> <setup>`: `pytest-benchmark compare --group-by=group`
 lines up the providers of one setup, and the same name across two runs.
 
@@ -27,8 +28,9 @@ import torch
 from conftest import DEVICE, DTYPE, HAS_CUDA, skip_unavailable
 from threethings_fast.configs import from_name
 from threethings_fast.fused.ops_torch import TorchOps
+from threethings_fast.providers import ModelEntry, model_of, raise_recompile_limit
 
-PROVIDERS = ["reference", pytest.param("compile", marks=pytest.mark.compile), "torch", "triton"]
+PROVIDERS = ["reference", pytest.param("compile", marks=pytest.mark.compile), "fused[torch]", "fused[triton]"]
 
 
 @dataclass(frozen=True)
@@ -63,22 +65,10 @@ def _tk():
     return tk
 
 
-def _raise_recompile_limit():
-    # dynamic=False compiles one graph per shape and argument set: linear_ref alone sees 4 GEMMs × 4 setups here, past
-    # dynamo's default recompile limit of 8, beyond which it silently runs the function eagerly — the `compile`
-    # numbers would be eager ones. (bench_model.py and the profiler raise it the same way.)
-    cfg = torch._dynamo.config
-    for attr in ("recompile_limit", "cache_size_limit"):
-        if hasattr(cfg, attr):
-            setattr(cfg, attr, max(64, getattr(cfg, attr)))
-    if hasattr(cfg, "accumulated_recompile_limit"):
-        cfg.accumulated_recompile_limit = max(1024, cfg.accumulated_recompile_limit)
-    if hasattr(cfg, "accumulated_cache_size_limit"):
-        cfg.accumulated_cache_size_limit = max(1024, cfg.accumulated_cache_size_limit)
-
-
 def _compiled(fn):
-    _raise_recompile_limit()
+    # dynamic=False compiles one graph per shape and argument set (linear_ref alone sees 4 GEMMs × 4 setups here):
+    # more than dynamo keeps by default, past which it would silently time eager code
+    raise_recompile_limit()
     return torch.compile(fn, dynamic=False)
 
 
@@ -92,8 +82,8 @@ def _randn(*shape, scale=1.0):
 @pytest.mark.parametrize("provider", PROVIDERS)
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: s.id)
 def test_normalize(measure, shape, provider):
-    skip_unavailable(provider)
-    if provider == "torch":
+    skip_unavailable(provider, shape.cfg)
+    if provider == "fused[torch]":
         pytest.skip("the torch backend's normalize is F.layer_norm: the reference itself")
     from threethings_fast.triton_kernels.normalize import normalize_ref  # pure torch, no kernel launch
     d = shape.cfg.embed_dim
@@ -101,7 +91,7 @@ def test_normalize(measure, shape, provider):
     eps = shape.cfg.norm_eps
     fn = {"reference": lambda: normalize_ref(x, eps),
           "compile": functools.partial(_compiled(normalize_ref), x, eps),
-          "triton": lambda: _tk().normalize(x, eps)}[provider]
+          "fused[triton]": lambda: _tk().normalize(x, eps)}[provider]
     measure(fn, group=f"normalize {shape.id} M={shape.m} D={d}", bytes=2 * shape.m * d * SIZE,
             M=shape.m, D=d, provider=provider)
 
@@ -121,7 +111,7 @@ GEMMS = {  # name -> (in features, out features, activation, residual) as functi
 @pytest.mark.parametrize("gemm", list(GEMMS))
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: s.id)
 def test_linear(measure, shape, gemm, provider):
-    skip_unavailable(provider)
+    skip_unavailable(provider, shape.cfg)
     from threethings_fast.triton_kernels.linear import linear_ref
     cfg = shape.cfg
     kin, nout, act, has_res = GEMMS[gemm](cfg.embed_dim, cfg.num_parallel, cfg.mlp_hidden)
@@ -133,8 +123,8 @@ def test_linear(measure, shape, gemm, provider):
     ops = TorchOps()
     fn = {"reference": lambda: linear_ref(x, w, b, residual=r, activation=act),
           "compile": functools.partial(_compiled(linear_ref), x, w, b, residual=r, activation=act),
-          "torch": lambda: ops.linear(x, w, b, activation=act, residual=r),
-          "triton": lambda: _tk().linear(x, w, b, residual=r, activation=act)}[provider]
+          "fused[torch]": lambda: ops.linear(x, w, b, activation=act, residual=r),
+          "fused[triton]": lambda: _tk().linear(x, w, b, residual=r, activation=act)}[provider]
     moved = (m * kin + nout * kin + m * nout + (m * nout if has_res else 0)) * SIZE
     measure(fn, group=f"linear {gemm} {shape.id} M={m} N={nout} K={kin}", flops=2 * m * nout * kin, bytes=moved,
             M=m, N=nout, K=kin, activation=act, residual=has_res, provider=provider)
@@ -146,7 +136,7 @@ def test_linear(measure, shape, gemm, provider):
 @pytest.mark.parametrize("provider", PROVIDERS)
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: s.id)
 def test_attention(measure, shape, provider):
-    skip_unavailable(provider)
+    skip_unavailable(provider, shape.cfg)
     from threethings_fast.triton_kernels.attention import attention_ref
     cfg = shape.cfg
     heads, d, n, b = cfg.num_parallel * cfg.num_heads, cfg.head_dim, shape.tokens, shape.batch
@@ -154,8 +144,8 @@ def test_attention(measure, shape, provider):
     ops = TorchOps()
     fn = {"reference": lambda: attention_ref(qkv, heads, d, 1.0),
           "compile": functools.partial(_compiled(attention_ref), qkv, heads, d, 1.0),
-          "torch": lambda: ops.attention(qkv, heads, d),
-          "triton": lambda: _tk().attention(qkv, heads, d, 1.0)}[provider]
+          "fused[torch]": lambda: ops.attention(qkv, heads, d),
+          "fused[triton]": lambda: _tk().attention(qkv, heads, d, 1.0)}[provider]
     measure(fn, group=f"attention {shape.id} B={b} heads={heads} N={n} d={d}", flops=4 * b * heads * n * n * d,
             bytes=4 * b * n * heads * d * SIZE, B=b, heads=heads, N=n, head_dim=d, provider=provider)
 
@@ -167,13 +157,13 @@ STEMS = ["linear", "hmlp_bn"]
 
 
 @functools.lru_cache(maxsize=None)
-def _stem_models(model: str, stem: str):
-    """(reference model with one block, {backend: fused}) — only the stem and embeddings are exercised."""
+def _stem_entry(model: str, stem: str) -> ModelEntry:
+    """The model with one block: only the stem and embeddings are exercised (its fused models are built on first
+    use, one per provider)."""
     import threethings_fast as ttf
     cfg = from_name(model).replace(depth=1, stem=stem)
-    ref = ttf.create_model(cfg).to(device=DEVICE, dtype=DTYPE).eval()
-    fused = {"torch": ttf.convert(ref, backend="torch")}
-    return ref, fused
+    return ModelEntry(name=f"{model}/{stem}", config=cfg,
+                      reference=ttf.create_model(cfg).to(device=DEVICE, dtype=DTYPE).eval())
 
 
 def _reference_embed(model, images):
@@ -185,18 +175,17 @@ def _reference_embed(model, images):
 @pytest.mark.parametrize("stem", STEMS)
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: s.id)
 def test_stem(measure, shape, stem, provider):
-    skip_unavailable(provider)
-    import threethings_fast as ttf
     from threethings_fast.macs import stem_macs
-    ref, fused = _stem_models(shape.model, stem)
-    if provider == "triton" and "triton" not in fused:
-        fused["triton"] = ttf.convert(ref, backend="triton")
-    cfg = ref.config
+    entry = _stem_entry(shape.model, stem)
+    ref, cfg = entry.reference, entry.config
+    skip_unavailable(provider, cfg)
     images = _randn(shape.batch, cfg.in_chans, cfg.img_size, cfg.img_size)
-    fn = {"reference": lambda: _reference_embed(ref, images),
-          "compile": functools.partial(_compiled(_reference_embed), ref, images),
-          "torch": lambda: fused["torch"].ops.embed(images, fused["torch"].weights),
-          "triton": lambda: fused[provider].ops.embed(images, fused[provider].weights)}[provider]
+    if provider.startswith("fused["):
+        fused = model_of(entry, provider)
+        fn = functools.partial(fused.ops.embed, images, fused.weights)
+    else:
+        fn = {"reference": lambda: _reference_embed(ref, images),
+              "compile": functools.partial(_compiled(_reference_embed), ref, images)}[provider]
     flops = 2 * shape.batch * stem_macs(cfg, count_norms=False)
     moved = images.numel() * SIZE + shape.batch * cfg.num_tokens * cfg.embed_dim * SIZE
     measure(fn, group=f"stem {stem} {shape.id} E={cfg.embed_dim}", flops=flops, bytes=moved, stem=stem,

@@ -2,20 +2,21 @@
 
     python bench/bench_stem.py bench/results/stem_<device>.json [--batch 64 256] [--dim 768] [--img 224]
 
-Providers per setup (E = 768, bf16 weights and images, 224 px, batch 64 and 256 by default):
-    fused_bn / fused_ln            hmlp_stem (one launch), BN folded / LN in-kernel
-    fused_bn_cl                    the same with a channels-last image (strided loads)
-    fused_bn_mae75                 MAE masking, 25 % of the patches visible (work ∝ visible)
-    fused_bn_beit40                BEiT masking, 40 % masked (mask token written, visible computed)
-    torch_bn_nchw / torch_bn_cl    reference module: 3 × (cuDNN conv + BN (+ GELU)), eval mode, NCHW / channels-last
-    torch_ln_nchw                  reference module with LayerNorm2d (permute + layer_norm)
-    torch_bn_mae75                 reference forward_masked (gather the visible 16×16 patches, then the convs)
-    compile_bn / compile_ln        torch.compile(reference module)
-    fused_linear / torch_linear    linear 16×16 stem: patch_embed vs Conv2d
+Rows per batch (E = 768, bf16 weights and images, 224 px, batch 64 and 256 by default), each named by the provider
+that runs it (the registry's names, threethings_fast.providers, as in every benchmark), the stem and the input:
+    provider       what runs
+    fused[triton]  the Triton stem kernel the fused model launches: hmlp_stem (one launch; BN folded, LN in-kernel)
+                   or patch_embed (linear)
+    reference      the reference model's stem module: 3 × (cuDNN conv + BN/LN (+ GELU)) in eval mode, or Conv2d
+    compile        torch.compile(reference stem module)
+    stem           hmlp_bn, hmlp_ln (hMLP with BatchNorm / LayerNorm2d) or linear (16×16 patch embedding)
+    input          nchw; channels_last (strided loads); mae75 (MAE masking, 25 % of the patches visible, work ∝
+                   visible; the reference gathers the visible 16×16 patches first); beit40 (BEiT masking, 40 %
+                   masked: mask token written, visible computed; fused[triton] only)
 Timing: triton.testing.do_bench (CUDA events, L2 flushed between reps), median and 20/80 % quantiles in ms.
 Derived: TFLOP/s = 2·MACs / t with MACs = B·N·(2E² + 192E) for hMLP (B·N·768·E linear), counted on the
 unpadded, visible work; GB/s = (image bytes + token bytes) / t.
-Order: fused_bn, torch_bn_nchw, fused_linear, torch_linear first (the headline pairs), then the variants,
+Order: hmlp_bn and linear on nchw, fused[triton] then reference (the headline pairs), then the variants,
 torch.compile last. The JSON ({"meta", "results"}) is rewritten after every row, so a run cut short by a time limit
 keeps what it measured: meta.complete is true only for a finished run, meta.interrupted after SIGINT / Ctrl-C
 (exit code 130). The one-call GPU suite runs `--batch 64` (and `--no-compile` when little time is left).
@@ -43,7 +44,7 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, nargs="+", default=[64, 256])
     ap.add_argument("--dim", type=int, default=768)
     ap.add_argument("--img", type=int, default=224)
-    ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile providers")
+    ap.add_argument("--no-compile", action="store_true", help="skip the compile rows")
     args = ap.parse_args(argv)
 
     if not torch.cuda.is_available():
@@ -109,23 +110,30 @@ def main(argv=None) -> int:
             full_macs = _macs_hmlp(B * N, E)
             vis_macs, vis_bytes = _macs_hmlp(B * n_vis, E), (img_bytes + tok_bytes) // 4
             # The headline pairs first (a run cut short keeps them), then the variants, torch.compile last.
-            providers = {
-                "fused_bn": (lambda: hmlp_stem(x, prepared["bn"]), full_macs, img_bytes + tok_bytes),
-                "torch_bn_nchw": (lambda: stems_lp["bn"](x), full_macs, img_bytes + tok_bytes),
-                "fused_linear": (lambda: patch_embed(x, lin_w, lin_b), B * N * 768 * E, img_bytes + tok_bytes),
-                "torch_linear": (lambda: lin(x), B * N * 768 * E, img_bytes + tok_bytes),
-                "fused_ln": (lambda: hmlp_stem(x, prepared["ln"]), full_macs, img_bytes + tok_bytes),
-                "torch_ln_nchw": (lambda: stems_lp["ln"](x), full_macs, img_bytes + tok_bytes),
-                "fused_bn_cl": (lambda: hmlp_stem(x_cl, prepared["bn"]), full_macs, img_bytes + tok_bytes),
-                "torch_bn_cl": (lambda: stem_cl(x_cl), full_macs, img_bytes + tok_bytes),
-                "fused_bn_mae75": (lambda: hmlp_stem(x, prepared["bn"], visible_idx=idx), vis_macs, vis_bytes),
-                "torch_bn_mae75": (lambda: stems_lp["bn"].forward_masked(x, visible_idx=idx), vis_macs, vis_bytes),
-                "fused_bn_beit40": (lambda: hmlp_stem(x, prepared["bn"], mask=beit_mask, mask_token=token),
-                                    _macs_hmlp(int(B * N * 0.6), E), img_bytes * 6 // 10 + tok_bytes),
-            }
+            full = (full_macs, img_bytes + tok_bytes)
+            beit = (_macs_hmlp(int(B * N * 0.6), E), img_bytes * 6 // 10 + tok_bytes)
+            rows = [   # (provider, stem, input, fn, macs, bytes)
+                ("fused[triton]", "hmlp_bn", "nchw", lambda: hmlp_stem(x, prepared["bn"]), *full),
+                ("reference", "hmlp_bn", "nchw", lambda: stems_lp["bn"](x), *full),
+                ("fused[triton]", "linear", "nchw", lambda: patch_embed(x, lin_w, lin_b), B * N * 768 * E,
+                 img_bytes + tok_bytes),
+                ("reference", "linear", "nchw", lambda: lin(x), B * N * 768 * E, img_bytes + tok_bytes),
+                ("fused[triton]", "hmlp_ln", "nchw", lambda: hmlp_stem(x, prepared["ln"]), *full),
+                ("reference", "hmlp_ln", "nchw", lambda: stems_lp["ln"](x), *full),
+                ("fused[triton]", "hmlp_bn", "channels_last", lambda: hmlp_stem(x_cl, prepared["bn"]), *full),
+                ("reference", "hmlp_bn", "channels_last", lambda: stem_cl(x_cl), *full),
+                ("fused[triton]", "hmlp_bn", "mae75", lambda: hmlp_stem(x, prepared["bn"], visible_idx=idx),
+                 vis_macs, vis_bytes),
+                ("reference", "hmlp_bn", "mae75", lambda: stems_lp["bn"].forward_masked(x, visible_idx=idx),
+                 vis_macs, vis_bytes),
+                ("fused[triton]", "hmlp_bn", "beit40",
+                 lambda: hmlp_stem(x, prepared["bn"], mask=beit_mask, mask_token=token), *beit),
+            ]
             for k, f in compiled.items():
-                providers[f"compile_{k}"] = ((lambda f=f: f(x)), full_macs, img_bytes + tok_bytes)
-            for name, (fn, macs, nbytes) in providers.items():
+                rows.append(("compile", f"hmlp_{k}", "nchw", (lambda f=f: f(x)), *full))
+            for provider, stem, layout, fn, macs, nbytes in rows:
+                what = {"batch": B, "provider": provider, "stem": stem, "input": layout}
+                label = f"B={B:4d} {provider:14s} {stem:8s} {layout:13s}"
                 with torch.no_grad():
                     try:
                         t0 = time.time()
@@ -133,17 +141,16 @@ def main(argv=None) -> int:
                         torch.cuda.synchronize()
                         first_call_s = time.time() - t0
                         med, q20, q80 = do_bench(fn, warmup=25, rep=200, quantiles=[0.5, 0.2, 0.8])
-                    except Exception as exc:  # keep the other providers' numbers
-                        print(f"B={B:4d} {name:18s} FAILED: {type(exc).__name__}: {exc}", file=sys.stderr)
-                        results.append({"batch": B, "provider": name, "error": f"{type(exc).__name__}: {exc}"})
+                    except Exception as exc:  # keep the other rows' numbers
+                        print(f"{label} FAILED: {type(exc).__name__}: {exc}", file=sys.stderr)
+                        results.append({**what, "error": f"{type(exc).__name__}: {exc}"})
                         write()
                         continue
-                row = {"batch": B, "provider": name, "ms_median": med, "ms_q20": q20, "ms_q80": q80,
-                       "macs": macs, "bytes": nbytes, "tflops": 2 * macs / med / 1e9, "gbps": nbytes / med / 1e6,
-                       "first_call_s": first_call_s}
+                row = {**what, "ms_median": med, "ms_q20": q20, "ms_q80": q80, "macs": macs, "bytes": nbytes,
+                       "tflops": 2 * macs / med / 1e9, "gbps": nbytes / med / 1e6, "first_call_s": first_call_s}
                 results.append(row)
                 write()
-                print(f"B={B:4d} {name:18s} {med:8.4f} ms  [{q20:.4f}, {q80:.4f}]  {row['tflops']:7.1f} TFLOP/s  "
+                print(f"{label} {med:8.4f} ms  [{q20:.4f}, {q80:.4f}]  {row['tflops']:7.1f} TFLOP/s  "
                       f"{row['gbps']:7.1f} GB/s", flush=True)
     except KeyboardInterrupt:   # SIGINT from `timeout -s INT` (bench/gpu_suite.sh) or Ctrl-C
         meta["interrupted"] = True

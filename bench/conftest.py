@@ -1,5 +1,5 @@
-"""Shared setup of the pytest-benchmark suites (bench_ops.py, bench_model.py): device, dtype, optional providers,
-the GPU clock, and `measure`, the one way every benchmark is timed.
+"""Shared setup of the pytest-benchmark suites (bench_ops.py, bench_model.py): device, dtype, which providers can
+run here (threethings_fast.providers decides), the GPU clock, and `measure`, the one way every benchmark is timed.
 
     pytest bench/ --benchmark-json=bench.json                 # CPU: small shapes; CUDA: real shapes, bf16
     pytest bench/ -m "not compile" ...                        # without the torch.compile providers
@@ -21,22 +21,22 @@ from __future__ import annotations
 import math
 import os
 import time
+from typing import Optional
 
 import pytest
 import torch
 
+from threethings_fast.configs import ViTConfig, from_name
 from threethings_fast.fused.backends import triton_available
+from threethings_fast.providers import available
+from threethings_fast.providers.timm_model import timm_missing
 from threethings_fast.timing import cuda_sync_timer
 
 HAS_CUDA = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if HAS_CUDA else "cpu")
 DTYPE = torch.bfloat16 if HAS_CUDA else torch.float32
 HAS_TRITON = HAS_CUDA and triton_available()
-try:
-    import timm  # noqa: F401
-    HAS_TIMM = True
-except Exception:  # noqa: BLE001 - timm without torchvision raises more than ImportError
-    HAS_TIMM = False
+HAS_TIMM = timm_missing() is None
 
 TIMER = "threethings_fast.timing.cuda_sync_timer"
 TARGET_S = float(os.environ.get("TTF_BENCH_SECONDS", "0.2" if HAS_CUDA else "0.6"))
@@ -68,16 +68,12 @@ def _deadline_and_seed():
         torch.cuda.synchronize()
 
 
-def skip_unavailable(provider: str):
-    """Skip a provider that cannot run here, saying why (so the JSON/terminal shows the reason)."""
-    if provider == "compile" and not HAS_CUDA:
-        pytest.skip("torch.compile provider: CUDA only (compiling on a 2-core CPU takes minutes)")
-    if provider.startswith("triton") and not HAS_TRITON:
-        pytest.skip("Triton provider: needs CUDA and triton (the CPU interpreter's timings are meaningless)")
-    if provider.endswith("graph") and not HAS_CUDA:
-        pytest.skip("CUDA-graph provider: needs CUDA")
-    if provider == "timm" and not HAS_TIMM:
-        pytest.skip("timm is not importable here (it needs torchvision, which has no CPU build in this setup)")
+def skip_unavailable(provider: str, cfg: Optional[ViTConfig] = None):
+    """Skip a provider that cannot run `cfg` (default S18x2's) here, with the registry's reason (so the JSON and the
+    terminal show it)."""
+    reason = available(provider, cfg or from_name("S18x2"), DEVICE)
+    if reason:
+        pytest.skip(f"{provider}: {reason}")
 
 
 def _sync():

@@ -183,3 +183,39 @@ def test_sweep_order_keeps_the_ends_under_a_budget():
     assert sweep_order([1, 2, 4, 8], None) == [1, 2, 4, 8]
     assert sweep_order([1, 2, 4, 8], 120.0) == [1, 8, 2, 4]
     assert sweep_order([1, 2], 120.0) == [1, 2]
+
+
+def test_report_preset_settings():
+    from threethings_fast.profile.cli import default_out, parse_args, settings_from_args
+    s = settings_from_args(parse_args(["--preset", "report", "--device", "cpu"]))
+    assert (s.models, s.batches, s.warmup, s.reps, s.time_budget_s, s.preset) == (["S18x2"], [1, 16], 1, 5, None,
+                                                                                   "report")
+    assert s.providers == ["reference", "branch_by_branch", "fused[auto]"]
+    # a report does not overwrite the main job's profile
+    assert default_out("cpu", s.preset) == os.path.join("bench", "results", "report_cpu")
+    assert default_out("cpu", "quick") == os.path.join("bench", "results", "profile_cpu")
+
+
+def test_report_alias_runs_the_preset(tmp_path, capsys):
+    """`python -m threethings_fast.bench` (make report) is the profiler's report preset; its old options still work
+    and what it printed — each provider's median, p90 and im/s per batch, the fused speed-ups — is in profile.md."""
+    from threethings_fast.bench import main as report_main, translate
+    args = ["--models", "tiny_2x2", "tiny_2x1", "--batches", "1", "--reps", "2", "--device", "cpu", "--no-peak",
+            "--no-plots", "--no-progress", "--out", str(tmp_path / "r"), "--json", str(tmp_path / "raw.json")]
+    assert report_main(args) == 0
+    result = json.loads((tmp_path / "raw.json").read_text())
+    assert validate(result) == [] and result["settings"]["preset"] == "report+custom"
+    assert result == json.loads((tmp_path / "r" / "profile.json").read_text())
+    assert {(r["model"], r["provider"]) for r in result["results"]} == {
+        ("tiny_2x2", "reference"), ("tiny_2x2", "branch_by_branch"), ("tiny_2x2", "fused[auto]"),
+        ("tiny_2x1", "reference"), ("tiny_2x1", "fused[auto]")}
+    out = capsys.readouterr().out
+    assert "| model | provider | batch | images/s | median ms | p90 ms |" in out
+    assert "| tiny_2x2 | fused[auto] | 1 |" in out
+    assert "## Speed-ups of tiny_2x2" in out and "ours / branch-by-branch | ours / reference |" in out
+    assert "## Speed-ups of tiny_2x1" in out    # an x1 model on its own: reference vs ours
+    assert {(r["model"], r["kind"]) for r in result["ratios"]} == {
+        ("tiny_2x2", "fused/reference"), ("tiny_2x2", "fused/branch_by_branch"), ("tiny_2x1", "fused/reference")}
+    assert translate(["--model", "S36x1", "--backend", "torch", "--reps", "3", "--json", "x.json"]) == (
+        ["--preset", "report", "--models", "S36x1", "--providers", "reference", "branch_by_branch", "fused[torch]",
+         "--reps", "3"], "x.json")

@@ -9,18 +9,16 @@ round-robin in one process (threethings_fast.timing.time_interleaved), and write
     latency.png          median latency vs batch (p10-p90 band)
     trace_<config>.json  with --trace: a torch.profiler Chrome trace of one config (chrome://tracing, Perfetto)
 
-Providers (names as they appear in every output):
-    reference              the reference model, eager (parallel branches summed inside each block)
-    branch_by_branch       the same x2 model, branches run one after another (the paper's "sequential" execution)
-    compile                torch.compile of the reference (CUDA only, opt-in: --compile)
-    fused[torch]           convert(model, backend="torch"): folded weights, plain torch ops (the CPU path)
-    fused[triton]          convert(model, backend="triton"): the Triton kernels, eager launches (CUDA)
-    fused[triton]+graph    the same captured in one CUDA graph per batch size (threethings_fast.fused.graphs)
-    fused[triton/fusednorm](+graph)  convert(..., norm="fused"): LayerNorms applied in the GEMM epilogues from
-                           row statistics the residual GEMMs write (5 launches per block instead of 7)
+Providers: the names of the one registry, `threethings_fast.providers` (reference, branch_by_branch, compile,
+timm..., fused[torch], fused[triton], fused[triton]+graph, fused[cuda], ...), the same in every output;
+``--list-providers`` prints each with what it runs and whether it can run here. ``--preset report`` is the short
+reference-vs-fused report (``make report``, ``python -m threethings_fast.bench``).
 """
+from ..providers import names as _provider_names
 from .cli import main, parse_args
 from .schema import SCHEMA_VERSION, validate
-from .sweep import PROVIDERS, run_profile
+from .sweep import run_profile
+
+PROVIDERS = _provider_names()   # every registered provider name, in table order
 
 __all__ = ["main", "parse_args", "run_profile", "validate", "SCHEMA_VERSION", "PROVIDERS"]

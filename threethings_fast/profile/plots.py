@@ -9,15 +9,24 @@ from __future__ import annotations
 
 import os
 
+# One colour per registered provider (tests/test_providers.py checks that none is missing).
 COLORS = {
     "reference": "#1f77b4",
     "branch_by_branch": "#ff7f0e",
     "compile": "#9467bd",
+    "compile[reduce-overhead]": "#c5b0d5",
+    "timm": "#7f7f7f",
+    "timm+compile": "#dbdb8d",
+    "timm+compile[reduce-overhead]": "#bcbd22",
+    "timm+compile[max-autotune]": "#17becf",
+    "fused[auto]": "#e377c2",
     "fused[torch]": "#2ca02c",
     "fused[triton]": "#d62728",
     "fused[triton]+graph": "#8c564b",
     "fused[triton/fusednorm]": "#ff7f0e",
     "fused[triton/fusednorm]+graph": "#9467bd",
+    "fused[cuda]": "#393b79",
+    "fused[cuda]+graph": "#637939",
 }
 
 

@@ -5,7 +5,8 @@ import dataclasses
 from typing import Optional
 
 from ..configs import from_name
-from .sweep import PROVIDERS, best_fused
+from ..providers import names
+from .ratios import best_fused
 
 # Touvron et al. 2022, Table 4: throughput (images/s) on one V100 of the x2 models, their branches executed
 # sequentially ("seq") or in parallel ("par"), at batch 1 / 4 / 16 / 64.
@@ -52,6 +53,14 @@ def header(result: dict) -> list[str]:
         f"- run {result['created']}, {result['wall_s']:.0f} s wall" if result["wall_s"] else
         f"- run {result['created']}",
     ]
+    ran = {}   # what a fused provider resolved to where its name does not say (fused[auto])
+    for model, info in result["models"].items():
+        for provider, backend in info.get("fused_backends", {}).items():
+            named = provider[provider.find("[") + 1:provider.find("]")].split("/")[0]
+            if named != backend:
+                ran.setdefault((provider, backend), []).append(model)
+    for (provider, backend), models in ran.items():
+        lines.append(f"- {provider} ran backend `{backend}` ({', '.join(models)})")
     if not s.get("triton_autotune", True):
         lines.append("- Triton autotuning OFF (TTF_TRITON_AUTOTUNE=0): each kernel ran the first config of its list, "
                      "untuned")
@@ -70,7 +79,7 @@ def header(result: dict) -> list[str]:
 
 
 def results_table(result: dict) -> list[str]:
-    order = {p: i for i, p in enumerate(PROVIDERS)}
+    order = {p: i for i, p in enumerate(names())}
     models = {m: i for i, m in enumerate(result["settings"]["models"])}
     rows = sorted(result["results"], key=lambda r: (models.get(r["model"], 99), r["batch"],
                                                     order.get(r["provider"], 99)))
@@ -87,12 +96,15 @@ def results_table(result: dict) -> list[str]:
 
 
 def speedup_tables(result: dict) -> list[str]:
-    """Per xK model: its same-parameter x1 partner (par/seq), branch by branch, reference and ours side by side."""
+    """Per xK model: its same-parameter x1 partner (par/seq), branch by branch, reference and ours side by side.
+    Per x1 model that is no xK model's partner (e.g. the report preset run on S36x1 alone): reference and ours."""
     idx = _rows(result)
+    partners = {info["sequential_partner"] for info in result["models"].values()}
     lines = []
     for model, info in result["models"].items():
-        if info["config"]["num_parallel"] == 1:
-            continue
+        xk = info["config"]["num_parallel"] > 1
+        if not xk and model in partners:
+            continue   # its numbers are in its xK partner's table
         seq = info["sequential_partner"]
         batches = sorted({r["batch"] for r in result["results"] if r["model"] == model})
         if not batches:
@@ -101,10 +113,16 @@ def speedup_tables(result: dict) -> list[str]:
         head = ["batch"]
         if seq:
             head += [f"{seq} ref im/s", f"{model} ref im/s", "par/seq ref"]
-        head += [f"{model} branch-by-branch im/s", "ours (best fused)", "ours im/s"]
+        else:
+            head += [f"{model} ref im/s"]
+        if xk:
+            head += [f"{model} branch-by-branch im/s"]
+        head += ["ours (best fused)", "ours im/s"]
         if seq:
             head += [f"{seq} same provider im/s", "par/seq ours"]
-        head += ["ours / branch-by-branch", "ours / reference"]
+        if xk:
+            head += ["ours / branch-by-branch"]
+        head += ["ours / reference"]
         lines += ["| " + " | ".join(head) + " |", "|" + "---:|" * len(head)]
         for b in batches:
             best = best_fused(result, model, b)
@@ -116,14 +134,24 @@ def speedup_tables(result: dict) -> list[str]:
             if seq:
                 seq_ref = _ips(idx, seq, "reference", b)
                 cells += [_fmt(seq_ref), _fmt(ref), _fmt(_div(ref, seq_ref), 2, "×")]
-            cells += [_fmt(bbb), prov or "—", _fmt(ours)]
+            else:
+                cells += [_fmt(ref)]
+            if xk:
+                cells += [_fmt(bbb)]
+            cells += [prov or "—", _fmt(ours)]
             if seq:
                 seq_ours = _ips(idx, seq, prov, b) if prov else None
                 cells += [_fmt(seq_ours), _fmt(_div(ours, seq_ours), 2, "×")]
-            cells += [_fmt(_div(ours, bbb), 2, "×"), _fmt(_div(ours, ref), 2, "×")]
+            if xk:
+                cells += [_fmt(_div(ours, bbb), 2, "×")]
+            cells += [_fmt(_div(ours, ref), 2, "×")]
             lines.append("| " + " | ".join(cells) + " |")
-        lines += ["", "par/seq > 1: the parallel model is faster than the sequential one of equal parameters and "
-                  "FLOPs. All ratios are of images/s from the same interleaved rounds.", ""]
+        lines += [""]
+        if seq:
+            lines += ["par/seq > 1: the parallel model is faster than the sequential one of equal parameters and "
+                      "FLOPs. All ratios are of images/s from the same interleaved rounds.", ""]
+        else:
+            lines += ["Ratios are of images/s from the same interleaved rounds.", ""]
     return lines
 
 

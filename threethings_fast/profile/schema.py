@@ -11,13 +11,16 @@ unless the key says otherwise (``_ms``). Every field below is always present.
     device        {type: "cpu"|"cuda", name: str, threads: int (torch CPU threads), cpu_count: int|None,
                    capability: str|None ("9.0"), memory_gb: float|None}
     versions      {python, torch: str, triton: str|None, threethings_fast: str, cuda: str|None}
-    settings      {preset: "quick"|"full"|"custom", models: [str], batches: [int], providers: [str], warmup: int,
-                   reps: int, min_seconds: float, time_budget_s: float|None, seed: int,
+    settings      {preset: "quick"|"full"|"report" (+ "+custom" when options changed it), models: [str],
+                   batches: [int], providers: [str] (threethings_fast.providers names), warmup: int, reps: int,
+                   min_seconds: float, time_budget_s: float|None, seed: int,
                    triton_autotune: bool (optional, read: true; false = first config of each kernel, untuned)}
     peak          None (--no-peak) or {matmul: {tflops: float (best), tflops_median: float, n: int, dtype: str,
                    raw_s: [float]}, copy: {gbps: float (best), gbps_median: float, bytes: int, raw_s: [float]}}
     models        {name: {config: {ViTConfig fields}, params: int, flops_per_image: int (2·matmul MACs),
-                   build_s: float, sequential_partner: str|None (the same-parameter x1 model in this run)}}
+                   build_s: float, sequential_partner: str|None (the same-parameter x1 model in this run),
+                   fused_backends: {provider: str} (optional: the backend each fused provider ran, e.g.
+                   fused[auto] -> "torch"; files written before this field existed lack it)}}
     results       [{model: str, provider: str, batch: int, raw_s: [float] (one per timed call, round-robin order),
                    median_s, p10_s, p90_s: float, n: int, images_per_s: float, latency_ms: float (median),
                    p90_ms: float, tflops: float (achieved, from flops_per_image), pct_peak: float|None}]

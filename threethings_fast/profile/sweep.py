@@ -5,10 +5,7 @@ Derived numbers, per (model, provider, batch), from the median of the raw per-ca
     TFLOP/s    = batch · forward_flops(config) / t / 1e12     forward_flops = 2 · matmul MACs per image
                  (threethings_fast.macs; norms, softmax and GELU not counted)
     % of peak  = TFLOP/s / peak matmul TFLOP/s measured on this device in the run dtype (timing.measure_peak_matmul)
-Ratios (all from im/s of runs interleaved in the same rounds, so machine noise hits both sides alike):
-    par/seq                 x2 model / its same-parameter x1 model (S18x2 / S36x1), same provider
-    fused/branch_by_branch  x2 model: fused provider / branches run one after another (the paper's Table 4)
-    fused/reference         any model: fused provider / eager reference
+Ratios: ratios.py. Providers (what each name runs, where it can run): threethings_fast.providers.
 """
 from __future__ import annotations
 
@@ -18,150 +15,47 @@ import platform
 import sys
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 
 from .. import __version__
-from ..api import create_model
-from ..configs import ViTConfig, from_name
-from ..convert import convert
-from ..fused.backends import triton_available
 from ..macs import forward_flops
+from ..providers import ModelEntry, available, build, is_fused, model_of, prepare
 from ..timing import device_name, measure_copy_bandwidth, measure_peak_matmul, summarize, sync, time_once
+from .common import Settings
+from .ratios import compute_ratios
 from .schema import SCHEMA_VERSION
-
-PROVIDERS = ("reference", "branch_by_branch", "compile", "fused[torch]", "fused[triton]", "fused[triton]+graph",
-             "fused[triton/fusednorm]", "fused[triton/fusednorm]+graph")
-FUSED_PREFIX = "fused"
+from .trace import record_trace
 
 
 @dataclass
-class ModelEntry:
-    """One model of the sweep: its reference, its fused conversions (one per backend), what it costs."""
+class SweepEntry(ModelEntry):
+    """A model of the sweep: the providers' entry plus what the report says about it."""
 
-    name: str
-    config: ViTConfig
-    reference: torch.nn.Module
-    fused: dict = field(default_factory=dict)      # backend -> FusedViT
-    compiled: Optional[Callable] = None
     params: int = 0
     flops_per_image: int = 0
     build_s: float = 0.0
     sequential_partner: Optional[str] = None       # for an xK model: the same-parameter x1 model in the run
-    failed: dict = field(default_factory=dict)     # backend -> why convert() failed (its providers are skipped)
-
-
-@dataclass
-class Settings:
-    models: list
-    batches: list
-    providers: list
-    device: str
-    dtype: torch.dtype
-    warmup: int
-    reps: int
-    min_seconds: float = 0.0
-    time_budget_s: Optional[float] = None
-    threads: Optional[int] = None
-    preset: str = "custom"
-    seed: int = 0
-    measure_peak: bool = True
-    progress: bool = True
-    trace: Optional[str] = None                    # "MODEL:PROVIDER:BATCH", "auto" or None
-    trace_dir: Optional[str] = None
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Providers
-# ---------------------------------------------------------------------------------------------------------------
-def provider_available(provider: str, cfg: ViTConfig, device: torch.device) -> Optional[str]:
-    """None if `provider` can run `cfg` on `device`, else the reason it is skipped."""
-    if provider not in PROVIDERS:
-        return f"unknown provider (choose from {', '.join(PROVIDERS)})"
-    if provider == "branch_by_branch" and cfg.num_parallel == 1:
-        return "x1 model: branch by branch is the reference itself"
-    if provider == "compile" and device.type != "cuda":
-        return "torch.compile of the reference runs on CUDA only (compiling takes minutes on a small CPU)"
-    if provider.startswith("fused[triton"):   # fused[triton], fused[triton/fusednorm], their +graph
-        if device.type != "cuda":
-            return "Triton runs on CUDA; on the CPU only the interpreter (timings meaningless)"
-        if not triton_available():
-            return "triton is not installed"
-    if provider.endswith("+graph") and device.type != "cuda":
-        return "CUDA graphs need a CUDA device"
-    return None
-
-
-def _backend_of(provider: str) -> Optional[str]:
-    """The fused model a provider runs: "torch", "triton" or "triton/fusednorm" (also the key of entry.fused)."""
-    if provider.startswith("fused["):
-        return provider[len("fused["):provider.index("]")]
-    return None
-
-
-def _convert(model: torch.nn.Module, key: str):
-    backend, _, variant = key.partition("/")
-    return convert(model, backend=backend, norm="fused" if variant == "fusednorm" else "separate")
-
-
-def make_call(entry: ModelEntry, provider: str, images: torch.Tensor) -> tuple[Callable[[], object], Callable]:
-    """(fn, cleanup): fn() runs one forward of `entry` by `provider` on `images`; cleanup() frees per-batch state."""
-    nothing = lambda: None  # noqa: E731
-    if provider == "reference":
-        return (lambda: entry.reference(images)), nothing
-    if provider == "branch_by_branch":
-        return (lambda: entry.reference(images, branch_by_branch=True)), nothing
-    if provider == "compile":
-        if entry.compiled is None:
-            _raise_recompile_limit()
-            entry.compiled = torch.compile(entry.reference, dynamic=False)
-        compiled = entry.compiled
-        return (lambda: compiled(images)), nothing
-    backend = _backend_of(provider)
-    fused = entry.fused.get(backend)
-    if fused is None:
-        fused = entry.fused[backend] = _convert(entry.reference, backend)
-    if provider.endswith("+graph"):
-        from ..fused.graphs import capture
-        holder = {"runner": capture(fused, [images.shape[0]])}
-
-        def cleanup():
-            holder.pop("runner", None)
-        return (lambda: holder["runner"](images)), cleanup
-    return (lambda: fused(images)), nothing
-
-
-def _raise_recompile_limit():
-    # One compiled graph per batch size (dynamic=False): the sweep's 9 sizes exceed dynamo's default limit of 8.
-    cfg = torch._dynamo.config
-    for name in ("recompile_limit", "cache_size_limit"):
-        if hasattr(cfg, name):
-            setattr(cfg, name, max(64, getattr(cfg, name)))
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Building
 # ---------------------------------------------------------------------------------------------------------------
-def build_models(settings: Settings, device: torch.device) -> list[ModelEntry]:
+def build_models(settings: Settings, device: torch.device) -> list[SweepEntry]:
+    """The reference of every model, and each available provider's per-model object (conversions, compiled
+    functions, timm's model): a provider whose object fails to build is skipped with the cause, not timed."""
     entries = []
     for i, name in enumerate(settings.models):
         t0 = time.perf_counter()
-        torch.manual_seed(settings.seed + i)
-        cfg = from_name(name)
-        model = create_model(cfg).to(device=device, dtype=settings.dtype).eval()
-        entry = ModelEntry(name=name, config=cfg, reference=model,
-                           params=sum(p.numel() for p in model.parameters()), flops_per_image=forward_flops(cfg))
+        entry = SweepEntry.create(name, device, settings.dtype, seed=settings.seed + i)
+        entry.params = sum(p.numel() for p in entry.reference.parameters())
+        entry.flops_per_image = forward_flops(entry.config)
         for provider in settings.providers:
-            backend = _backend_of(provider)
-            if backend and backend not in entry.fused and backend not in entry.failed and \
-                    provider_available(provider, cfg, device) is None:
-                try:
-                    entry.fused[backend] = _convert(model, backend)
-                except Exception as exc:  # noqa: BLE001 - the other providers still run
-                    entry.failed[backend] = f"convert({backend!r}) failed: {type(exc).__name__}: {exc}"
+            if available(provider, entry.config, device) is None:
+                prepare(entry, provider)
         entry.build_s = time.perf_counter() - t0
         entries.append(entry)
     for entry in entries:
@@ -169,7 +63,7 @@ def build_models(settings: Settings, device: torch.device) -> list[ModelEntry]:
     return entries
 
 
-def sequential_partner(entry: ModelEntry, entries: list[ModelEntry]) -> Optional[str]:
+def sequential_partner(entry: SweepEntry, entries: list[SweepEntry]) -> Optional[str]:
     """Name of the x1 model in `entries` with the same parameters as the xK model `entry` (S36x1 for S18x2)."""
     cfg = entry.config
     if cfg.num_parallel == 1:
@@ -241,7 +135,6 @@ def run_profile(settings: Settings, argv: Optional[list] = None) -> dict:
         _derive(row, result["models"][row["model"]]["flops_per_image"], peak)
     result["ratios"] = compute_ratios(result)
     if settings.trace and not result["interrupted"]:
-        from .trace import record_trace
         try:
             result["trace"] = record_trace(settings, device, state["entries"], state["plan"], result)
         except KeyboardInterrupt:
@@ -269,11 +162,13 @@ def _measure(settings: Settings, device, result: dict, state: dict, t_start: flo
             "sequential_partner": entry.sequential_partner}
         plan[entry.name] = []
         for provider in settings.providers:
-            reason = provider_available(provider, entry.config, device) or entry.failed.get(_backend_of(provider))
+            reason = available(provider, entry.config, device) or prepare(entry, provider)
             if reason:
                 result["skipped"].append({"model": entry.name, "provider": provider, "reason": reason})
             else:
                 plan[entry.name].append(provider)
+        result["models"][entry.name]["fused_backends"] = {
+            p: model_of(entry, p).backend for p in plan[entry.name] if is_fused(p)}
     _sweep(settings, device, entries, plan, result, t_start)
 
 
@@ -426,7 +321,7 @@ def _run_batch(settings, device, entries, plan, batch, reps, result, bar,
                 images = images.to(device=device, dtype=settings.dtype)
                 for provider in plan[entry.name]:
                     try:
-                        fn, cleanup = make_call(entry, provider, images)
+                        fn, cleanup = build(entry, provider, images)
                         calls[(entry.name, provider)] = fn
                         cleanups.append(cleanup)
                     except Exception as exc:  # noqa: BLE001 - one provider's failure must not end the sweep
@@ -500,45 +395,3 @@ def _derive(row: dict, flops_per_image: int, peak_tflops: Optional[float]):
     row["p90_ms"] = row["p90_s"] * 1e3
     row["tflops"] = row["batch"] * flops_per_image / t / 1e12
     row["pct_peak"] = 100.0 * row["tflops"] / peak_tflops if peak_tflops else None
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Ratios
-# ---------------------------------------------------------------------------------------------------------------
-def _index(result: dict) -> dict:
-    return {(r["model"], r["provider"], r["batch"]): r for r in result["results"]}
-
-
-def best_fused(result: dict, model: str, batch: int) -> Optional[dict]:
-    """The fastest fused[...] row of `model` at `batch` (ours, whichever backend/graph mode wins there)."""
-    rows = [r for r in result["results"] if r["model"] == model and r["batch"] == batch
-            and r["provider"].startswith(FUSED_PREFIX)]
-    return max(rows, key=lambda r: r["images_per_s"]) if rows else None
-
-
-def compute_ratios(result: dict) -> list[dict]:
-    """Speed-up records {kind, model, batch, numerator, denominator, value}; numerator/denominator are
-    "MODEL:PROVIDER", value = im/s(numerator) / im/s(denominator)."""
-    idx = _index(result)
-    out = []
-
-    def add(kind, model, batch, num, den):
-        if num and den and den["images_per_s"] > 0:
-            out.append({"kind": kind, "model": model, "batch": batch,
-                        "numerator": f"{num['model']}:{num['provider']}",
-                        "denominator": f"{den['model']}:{den['provider']}",
-                        "value": num["images_per_s"] / den["images_per_s"]})
-
-    for (model, provider, batch), row in sorted(idx.items(), key=lambda kv: (kv[0][0], kv[0][2], kv[0][1])):
-        partner = result["models"][model]["sequential_partner"]
-        if partner and provider != "branch_by_branch":
-            add("par/seq", model, batch, row, idx.get((partner, provider, batch)))
-        if provider.startswith(FUSED_PREFIX):
-            add("fused/branch_by_branch", model, batch, row, idx.get((model, "branch_by_branch", batch)))
-            add("fused/reference", model, batch, row, idx.get((model, "reference", batch)))
-    return out
-
-
-def slug(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text).strip("_")
-

@@ -13,25 +13,39 @@ from typing import Optional
 
 import torch
 
+from ..providers import build, is_fused, resolve
 from ..timing import sync
-from .sweep import Settings, make_call, slug
+from .common import Settings, slug
 
 TRACE_ITERS = 3
+
+
+def parse_trace_spec(spec: Optional[str]) -> tuple[str, str, str]:
+    """ "MODEL:PROVIDER:BATCH" (any part may be empty; None or "auto": all empty) -> its three parts, the provider
+    as its registered name. UnknownProvider (a ValueError) for a provider name that is not registered; ValueError
+    for a batch that is not a positive integer."""
+    parts = [] if spec in (None, "", "auto") else spec.split(":")
+    if len(parts) > 3:
+        raise ValueError(f"--trace takes MODEL:PROVIDER:BATCH, got {spec!r}")
+    model, provider, batch = parts + [""] * (3 - len(parts))
+    if batch and not (batch.isdigit() and int(batch) > 0):
+        raise ValueError(f"--trace batch must be a positive integer, got {batch!r}")
+    return model, resolve(provider) if provider else "", batch
 
 
 def resolve_trace_spec(spec: str, plan: dict, batches: list) -> tuple[str, str, int]:
     """ "MODEL:PROVIDER:BATCH" (any part may be empty) or "auto" -> (model, provider, batch). Auto: the first xK
     model, its best-guess fastest provider (the last planned fused one), the smallest batch of the sweep."""
-    parts = [] if spec in (None, "", "auto") else spec.split(":")
-    parts += [""] * (3 - len(parts))
-    model, provider, batch = parts[:3]
+    model, provider, batch = parse_trace_spec(spec)
     models = list(plan)
     if not model:
         model = next((m for m in models if any(p == "branch_by_branch" for p in plan[m])), models[0])
     if model not in plan:
         raise ValueError(f"--trace model {model!r} is not in the sweep ({', '.join(models)})")
+    if not plan[model]:
+        raise ValueError(f"--trace: no provider runs {model} here")
     if not provider:
-        fused = [p for p in plan[model] if p.startswith("fused")]
+        fused = [p for p in plan[model] if is_fused(p)]
         provider = fused[-1] if fused else plan[model][0]
     if provider not in plan[model]:
         raise ValueError(f"--trace provider {provider!r} does not run {model} here ({', '.join(plan[model])})")
@@ -53,7 +67,7 @@ def record_trace(settings: Settings, device: torch.device, entries, plan: dict, 
     path = os.path.join(settings.trace_dir or ".", f"trace_{slug(model)}_{slug(provider)}_b{batch}.json")
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with torch.no_grad():
-        fn, cleanup = make_call(entry, provider, images)
+        fn, cleanup = build(entry, provider, images)
         for _ in range(2):
             fn()
         sync(device)
