@@ -15,8 +15,8 @@
 #                      head_dim 32..128), NaN-poisoned outputs                                               cap  60 s
 #   models    ~60 s    stems, S18x2 / S36x1 / B12x1 / B18x2 at batch 1, 2, 4, 8 against the reference's own bf16
 #                      error, variants, CUDA-graph replay == eager, determinism                             cap  90 s
-#   latency   ~90 s    bench/bench_engine.py: engine, engine+graph, triton+graph, timm eager, timm
-#                      torch.compile(reduce-overhead); S18x2, S36x1, B12x1 at batch 1 and 8; 200 calls each  cap 120 s
+#   latency   ~90 s    bench/bench_engine.py: fused[cuda], fused[cuda]+graph, fused[triton]+graph, timm,
+#                      timm+compile[reduce-overhead]; S18x2, S36x1, B12x1 at batch 1 and 8; 200 calls each  cap 120 s
 # Each step ends at its cap (SIGINT, then SIGKILL 20 s later) or when the budget is spent; a failed step is
 # recorded and the next one runs (latency needs the build, nothing else). Without CUDA the env step stops the run
 # at once, with exit status 3.
@@ -43,26 +43,8 @@ export TORCH_EXTENSIONS_DIR="$REPO/build/torch_extensions" TTF_BUILD_VERBOSE=1 M
 SUMMARY="$OUT/summary.md"
 ROWS=""
 
-left() { echo $(( TOTAL - ($(date +%s) - START) )); }
-
-step() {   # step NAME CAP CMD...: stdout+stderr appended to LOG (default tests.log), status into the summary
-  local name="$1" cap="$2"; shift 2
-  local budget=$(( $(left) - GRACE ))
-  (( cap < budget )) && budget=$cap
-  if (( budget < 10 )); then
-    ROWS+="| $name | skipped: budget spent | 0 |"$'\n'; return 1
-  fi
-  local t0=$(date +%s)
-  echo "[engine_gpu] $name (cap ${budget}s): $*"
-  timeout -s INT --kill-after="$GRACE" "$budget" "$@" >> "${LOG:-$OUT/tests.log}" 2>&1
-  local rc=$? seconds=$(( $(date +%s) - t0 ))
-  local status="ok"
-  (( rc == 124 || rc == 130 || rc == 137 )) && status="stopped at cap"
-  (( rc != 0 )) && [ "$status" = ok ] && status="failed (rc $rc)"
-  ROWS+="| $name | $status | $seconds |"$'\n'
-  echo "[engine_gpu] $name: $status in ${seconds}s"
-  return $rc
-}
+TAG=engine_gpu
+source "$REPO/bench/gpu_lib.sh"
 
 write_summary() {
   {
@@ -74,14 +56,7 @@ write_summary() {
     echo "|---|---|---:|"
     printf "%s" "$ROWS"
     for xml in kernels models; do
-      [ -f "$OUT/$xml.xml" ] && "$PY" - "$OUT/$xml.xml" <<'EOF'
-import sys, xml.etree.ElementTree as ET
-s = ET.parse(sys.argv[1]).getroot()
-s = s.find("testsuite") if s.tag == "testsuites" else s
-fails = [c.get("name") for c in s.iter("testcase") if c.find("failure") is not None or c.find("error") is not None]
-print(f"\n{sys.argv[1].rsplit('/', 1)[-1]}: {s.get('tests')} tests, {s.get('failures')} failures, "
-      f"{s.get('errors')} errors, {s.get('skipped')} skipped" + (f"; first failures: {fails[:8]}" if fails else ""))
-EOF
+      [ -f "$OUT/$xml.xml" ] && { echo; junit_line "$OUT/$xml.xml"; }
     done
     [ -f "$OUT/latency.md" ] && { echo; cat "$OUT/latency.md"; }
   } > "$SUMMARY"
@@ -89,24 +64,7 @@ EOF
 trap write_summary EXIT
 
 # ---- env: a CUDA GPU of compute capability 9.0, versions, CUTLASS
-ENV_LINE="$("$PY" - <<'EOF' 2>&1
-import sys
-try:
-    import torch
-except ImportError:
-    raise SystemExit(f"{sys.executable} cannot import torch (set TTF_PYTHON to the interpreter that has it)")
-if not torch.cuda.is_available():
-    raise SystemExit("no CUDA device: bench/engine_gpu.sh runs the engine's kernels on an sm_90 GPU (H100 / H200)")
-import triton
-cc = torch.cuda.get_device_capability()
-try:
-    import timm; tv = timm.__version__
-except ImportError:
-    tv = "absent"
-print(f"{torch.cuda.get_device_name()} (sm_{cc[0]}{cc[1]}), torch {torch.__version__}, CUDA {torch.version.cuda}, "
-      f"triton {triton.__version__}, timm {tv}")
-EOF
-)"
+ENV_LINE="$(gpu_env_line "bench/engine_gpu.sh runs the engine's kernels on an sm_90 GPU (H100 / H200)")"
 ENV_RC=$?
 echo "[engine_gpu] $ENV_LINE"
 if (( ENV_RC != 0 )); then

@@ -1,256 +1,153 @@
 #!/usr/bin/env bash
-# One-call GPU suite: build, GPU tests, profiler, pytest-benchmark suites, stem benchmark -> OUTDIR.
+# The Triton path's GPU run, in three tiers; each tier is one device call that runs alone and fits its budget.
 #
-#     bench/gpu_suite.sh OUTDIR            # from a fresh copy of the repo; torch + triton preinstalled; offline
+#     bench/gpu_suite.sh TIER OUTDIR      # TIER 1, 2 or 3; on the GPU image (torch, triton, timm preinstalled;
+#                                         # offline); make bench-gpu TIER=1 OUT=dir
 #
-# TTF_SUITE_PYTHON: use this interpreter (package already installed) instead of building .venv.
-# TTF_SUITE_PROFILE_ARGS: extra profiler arguments (later ones win), e.g. "--models S36x1 S18x2 --batches 1 64".
-# TTF_SUITE_AUTOTUNE: 0 (default) = every step runs the first config of each kernel's list, untuned: cold Triton
-# compiles (10-50 s per hMLP config, one per config x shape class when tuning) would not fit every step into one
-# call; 1 = profile, bench and stem autotune (give them the call to themselves with TTF_SUITE_PROFILE_ARGS). The
-# setting is written into summary.md and stem.json.
-# Budget: TTF_SUITE_SECONDS (default 540 = 9 min) for everything, set-up included. Each step gets a cap (below),
-# bounded by what is left minus a reserve for the steps after it. At its cap a step gets SIGINT
-# (`timeout -s INT --kill-after=30`): pytest, pytest-benchmark and the Python scripts stop on KeyboardInterrupt and
-# still write their JSON / junit XML; SIGKILL follows 30 s later if it has not exited. A failing or stopped step is
-# logged and the next one runs. Steps, in priority order:
-#     env       scripts/env.sh with PIP_NO_INDEX=1 (a venv on top of the system torch/triton; nothing downloaded),
-#               falling back to a plain `pip install --no-deps --no-build-isolation --no-index -e .`, then to the
-#               source tree on PYTHONPATH; "working" = `import threethings_fast.triton_kernels` succeeds
-#     tests     pytest -m "gpu and not slow", bf16 only (the fp16 duplicates are deselected here, not deleted), files
-#               in a fixed order, TTF_TRITON_AUTOTUNE=0 (first config of each kernel: one compile per variant),
-#               junit XML (counts in summary.md), the 15 slowest tests
-#     profile   python -m threethings_fast.profile --full --batches 1 8 64 256 (time-budgeted: batch 1, 256, then
-#               the middle) + a Chrome trace of S18x2 fused[triton] b1
-#     bench     pytest bench/bench_model.py bench/bench_ops.py -m "not compile" --benchmark-json (whole model first,
-#               then per op; TTF_BENCH_DEADLINE skips what would not fit)
-#     stem      python bench/bench_stem.py OUTDIR/stem.json --batch 64 (JSON rewritten after every row)
-#     compile   pytest bench/ -m compile --benchmark-json (torch.compile providers, only if >= 90 s are left)
-# Triton: TRITON_CACHE_AUTOTUNING=1 (autotuning results persist on disk: the bench and stem steps reuse what the
-# profile tuned; the kernel cache is shared by all steps) and TRITON_PRINT_AUTOTUNING=1 (chosen configs in the logs).
-# OUTDIR ends flat, at most 8 files: summary.md, profile.json, profile.md, throughput.png, latency.png, bench.json,
-# stem.json, logs.tar.gz (every step's log, the Chrome trace, bench_compile.json, the GPU tests' junit XML, anything
-# else a step left in OUTDIR).
+# The interpreter is $TTF_PYTHON (default python3) with this tree on PYTHONPATH: nothing is installed or downloaded.
+# Tier 1 comes first and its results are final when it ends, so a cut in tier 2 loses nothing of tier 1.
+#
+# Time model (an H200 machine: 16 cores; Triton compiles ~2-4 s per kernel variant on its host, the hMLP stem
+# 10-50 s; Inductor ~30-45 s per timm compile). Expected times are estimates from those compile counts:
+#   Tier 1 (budget TTF_SUITE_SECONDS, default 240 s), TTF_TRITON_AUTOTUNE=0 (one compile per kernel variant):
+#     env       ~5 s     GPU, versions; stops the tier without CUDA (exit 3)                         cap  20 s
+#     check     ~110 s   bench/gpu_check.py: S18x2, S36x1, B12x1, B18x2 at batch 1, 8, 64, 256; torch, triton,
+#                        triton/fusednorm against float64 within 2x the reference's own bf16 error; CUDA-graph
+#                        replay == eager. ~24 Triton variants (linear: 3 epilogues x 2 tile lists, fused-norm
+#                        variants, split-K and its reduction; attention; normalize; row_stats; patch embed)
+#                        ~75 s, the models' forwards and float64 references ~35 s                       cap 150 s
+#     headline  ~60 s    the profiler: S18x2 and S36x1 at batch 1, 64, 256: reference, fused[triton] eager and
+#                        +graph, timm eager (kernels already compiled by check)                         cap  80 s
+#     compile   ~60 s    the profiler: timm torch.compile default and reduce-overhead, S18x2 at batch 1
+#                        (two Inductor compiles); whatever is left of the budget                        cap  60 s
+#   Tier 2 (budget 300 s), autotuning off:
+#     env       ~5 s                                                                                      cap  20 s
+#     tests     ~120 s   the GPU tests not marked slow, fastest files first; junit XML                   cap 130 s
+#     tests_slow ~30 s   the tests marked slow (one cold compile per forced config), until the cap       cap  40 s
+#     ops       ~60 s    pytest-benchmark per-op suite (bench/bench_ops.py, not compile)                cap  70 s
+#     compile2  ~60 s    timm torch.compile rows tier 1 left out: S36x1 at batch 1, S18x2 at batch 64   cap  60 s
+#   Tier 3 (budget 540 s): the profiler autotuned (TTF_TRITON_AUTOTUNE=1, TRITON_CACHE_AUTOTUNING=1), --full,
+#     batches 1, 8, 64, 256                                                                             cap 520 s
+# Tiers 1 + 2 are expected to take 5 + 110 + 60 + 60 + 5 + 120 + 30 + 60 + 60 = 510 s, under the 9 minutes two device
+# calls may use. Each step ends at its cap (SIGINT, then SIGKILL 20 s later) or when the tier's budget is spent; a
+# failed step is recorded and the next one runs.
+# Files in OUTDIR (at most 8, summary.md first; every result file names device, versions, dtype, autotune setting
+# and command): tier 1: summary.md, check.json, check.md, headline.json, headline.md, compile.json, compile.md,
+# logs.tar.gz; tier 2: summary.md, tests.xml, tests_slow.xml, ops.json, compile2.json, compile2.md, logs.tar.gz; tier 3:
+# summary.md, profile.json, profile.md, throughput.png, latency.png, logs.tar.gz.
 set -uo pipefail
 
-OUT="${1:?usage: bench/gpu_suite.sh OUTDIR}"
-# OUTDIR is resolved against the caller's directory, and must be empty or new: at the end everything in it but the
-# result files is archived into logs.tar.gz and deleted (so the repository itself, or a folder holding other work,
-# would be swept away).
+TIER="${1:?usage: bench/gpu_suite.sh TIER OUTDIR   (TIER 1, 2 or 3)}"
+OUT="${2:?usage: bench/gpu_suite.sh TIER OUTDIR   (TIER 1, 2 or 3)}"
+case "$TIER" in 1|2|3) ;; *) echo "gpu_suite.sh: TIER must be 1, 2 or 3, got '$TIER'" >&2; exit 2;; esac
 mkdir -p "$OUT" || exit 2
 OUT="$(cd "$OUT" && pwd)"
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 case "$REPO/" in "$OUT"/*) echo "gpu_suite.sh: OUTDIR $OUT contains the repository; give a new folder" >&2; exit 2;; esac
 if [ -n "$(ls -A "$OUT")" ]; then
-  echo "gpu_suite.sh: OUTDIR $OUT is not empty; give a new or empty folder" >&2; exit 2
+  echo "gpu_suite.sh: OUTDIR $OUT is not empty; give a new or empty folder (its contents are archived at the end)" >&2
+  exit 2
 fi
 cd "$REPO"
-mkdir -p "$OUT/logs"
-LOGS="$OUT/logs"
-TOTAL="${TTF_SUITE_SECONDS:-540}"
-GRACE=30            # seconds between SIGINT at a step's cap and SIGKILL
+case "$TIER" in 1) DEFAULT_BUDGET=240;; 2) DEFAULT_BUDGET=300;; 3) DEFAULT_BUDGET=540;; esac
+TOTAL="${TTF_SUITE_SECONDS:-$DEFAULT_BUDGET}"
+GRACE=20
 START=$(date +%s)
-SUMMARY_ROWS=""
-PY=""
-GPU_LINE=""
-VERSIONS_LINE=""
+PY="${TTF_PYTHON:-python3}"
+TAG="gpu_suite tier $TIER"
+mkdir -p "$OUT/logs"
+export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 TRITON_PRINT_AUTOTUNING=1
+if [ "$TIER" = 3 ]; then
+  export TTF_TRITON_AUTOTUNE=1 TRITON_CACHE_AUTOTUNING=1
+else
+  export TTF_TRITON_AUTOTUNE=0
+fi
+LOG="$OUT/logs/steps.log"
+source "$REPO/bench/gpu_lib.sh"
+ENV_LINE=""
+KEEP="summary.md"
 
-export TRITON_CACHE_AUTOTUNING=1 TRITON_PRINT_AUTOTUNING=1 PYTHONUNBUFFERED=1
-SUITE_AUTOTUNE="${TTF_SUITE_AUTOTUNE:-0}"
-export TTF_TRITON_AUTOTUNE="$SUITE_AUTOTUNE"   # the tests step always turns it off
+# Provider names are the profiler's (threethings_fast.profile --list-providers).
+HEADLINE_PROVIDERS=(reference "fused[triton]" "fused[triton]+graph" timm)
+COMPILE_PROVIDERS=("timm+compile" "timm+compile[reduce-overhead]")
 
-elapsed() { echo $(( $(date +%s) - START )); }
-left() { echo $(( TOTAL - $(elapsed) )); }
-clamp() { local v=$1 lo=$2 hi=$3; (( v < lo )) && v=$lo; (( v > hi )) && v=$hi; echo "$v"; }
-
-# step NAME CAP_SECONDS CMD...: run CMD with stdout+stderr to logs/NAME.log; SIGINT at min(CAP, time left - GRACE -
-# 5), SIGKILL GRACE seconds later — so even a step that ignores SIGINT ends inside the suite's budget.
-step() {
-  local name="$1" cap="$2"; shift 2
-  local budget=$(( $(left) - GRACE - 5 ))
-  (( cap < budget )) && budget=$cap
-  if (( budget < 10 )); then
-    echo "[suite] $name: skipped, suite time budget spent" | tee -a "$LOGS/suite.log"
-    SUMMARY_ROWS+="| $name | skipped (no time left) | 0 | — |"$'\n'
-    return 0
-  fi
-  echo "[suite] $(elapsed)s: $name (cap ${budget}s): $*" | tee -a "$LOGS/suite.log"
-  local t0=$(date +%s)
-  timeout -s INT --kill-after="$GRACE" "$budget" "$@" > "$LOGS/$name.log" 2>&1
+# profile NAME CAP BUDGET PROFILER-ARGS...: a profiler run into logs/NAME/, its JSON and markdown kept as NAME.*
+profile() {
+  local name="$1" cap="$2" budget="$3"; shift 3
+  step "$name" "$cap" "$PY" -m threethings_fast.profile --out "$OUT/logs/$name" --no-progress \
+    --time-budget "$budget" "$@"
   local rc=$?
-  local dt=$(( $(date +%s) - t0 ))
-  local status="ok"
-  if (( rc == 124 )); then status="stopped at its ${budget}s cap (SIGINT; partial output kept)"
-  elif (( rc == 137 )); then status="KILLED at ${budget}s + ${GRACE}s (ignored SIGINT; output may be lost)"
-  elif (( rc != 0 )); then status="FAILED (rc $rc)"; fi
-  echo "[suite] $name: $status in ${dt}s" | tee -a "$LOGS/suite.log"
-  SUMMARY_ROWS+="| $name | $status | $dt | logs/$name.log |"$'\n'
+  [ -f "$OUT/logs/$name/profile.json" ] && cp "$OUT/logs/$name/profile.json" "$OUT/$name.json"
+  [ -f "$OUT/logs/$name/profile.md" ] && cp "$OUT/logs/$name/profile.md" "$OUT/$name.md"
+  KEEP+=" $name.json $name.md"
   return $rc
 }
 
-# junit_counts XML: "T tests: P passed, F failed, E errors, S skipped (X s)" and the failing tests' names.
-junit_counts() {
-  python3 - "$1" <<'PYEOF' 2>/dev/null || echo "(junit XML unreadable: $1)"
-import sys
-import xml.etree.ElementTree as ET
-root = ET.parse(sys.argv[1]).getroot()
-suites = [root] if root.tag == "testsuite" else root.findall("testsuite")
-n = {k: sum(int(s.get(k, 0)) for s in suites) for k in ("tests", "failures", "errors", "skipped")}
-secs = sum(float(s.get("time", 0)) for s in suites)
-passed = n["tests"] - n["failures"] - n["errors"] - n["skipped"]
-print(f"{n['tests']} tests: {passed} passed, {n['failures']} failed, {n['errors']} errors, {n['skipped']} skipped "
-      f"({secs:.0f} s)")
-for s in suites:
-    for case in s.iter("testcase"):
-        for kind in ("failure", "error"):
-            bad = case.find(kind)
-            if bad is not None:
-                msg = (bad.get("message") or "").splitlines()[0][:200] if bad.get("message") else ""
-                print(f"  {kind.upper()}: {case.get('classname')}::{case.get('name')}: {msg}")
-PYEOF
-}
-
 finish() {
-  trap - EXIT TERM INT
+  trap - EXIT
   {
-    echo "# GPU suite summary"
+    echo "# GPU suite, tier $TIER"
     echo
-    echo "- $(date -u +%Y-%m-%dT%H:%M:%SZ), $(elapsed) s of a ${TOTAL} s budget"
-    echo "- GPU: $GPU_LINE"
-    [ -n "$VERSIONS_LINE" ] && echo "- $VERSIONS_LINE"
-    if [ "$SUITE_AUTOTUNE" = "0" ]; then
-      echo "- Triton autotuning OFF (TTF_SUITE_AUTOTUNE=0): first config of each kernel's list, untuned timings"
-    else
-      echo "- Triton autotuning on (profile, bench, stem)"
-    fi
-    if git rev-parse --git-dir > /dev/null 2>&1; then
-      echo "- commit: $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet 2>/dev/null || echo ' + local changes')"
-    else
-      echo "- commit: unknown (no .git in this copy)"
-    fi
+    echo "$ENV_LINE"
     echo
-    echo "| step | status | seconds | log (in logs.tar.gz) |"
-    echo "|---|---|---:|---|"
-    printf "%s" "$SUMMARY_ROWS"
+    echo "- $(date -u +%Y-%m-%dT%H:%M:%SZ), $(( $(date +%s) - START )) s of a $TOTAL s budget;" \
+      "TTF_TRITON_AUTOTUNE=$TTF_TRITON_AUTOTUNE; bf16; command: bench/gpu_suite.sh $TIER OUTDIR"
+    echo "- commit: $(git rev-parse --short HEAD 2>/dev/null || echo 'unknown (no .git in this copy)')"
     echo
-    if [ -f "$LOGS/gpu_tests.xml" ] || [ -f "$LOGS/tests.log" ]; then
-      echo "## GPU tests (TTF_TRITON_AUTOTUNE=0, bf16, not slow)"; echo; echo '```'
-      [ -f "$LOGS/tests.log" ] && grep -m1 -oE "collected [0-9]+ items.*" "$LOGS/tests.log"
-      if [ -f "$LOGS/gpu_tests.xml" ]; then junit_counts "$LOGS/gpu_tests.xml"; else echo "no junit XML written"; fi
-      [ -f "$LOGS/tests.log" ] && grep -E "^(FAILED|ERROR) " "$LOGS/tests.log" | head -30
-      if [ -f "$LOGS/tests.log" ]; then
-        echo "slowest:"; grep -E "^[0-9.]+s (setup|call|teardown) " "$LOGS/tests.log" | head -15
-      fi
-      echo '```'; echo
-    fi
-    for name in env env_fallback tests profile bench stem compile; do
-      if grep -q "^| $name | \(FAILED\|stopped\|KILLED\)" <<< "$SUMMARY_ROWS"; then
-        echo "## $name: last lines of its log"; echo; echo '```'; tail -30 "$LOGS/$name.log"; echo '```'; echo
-      fi
+    echo "| step | result | seconds |"
+    echo "|---|---|---:|"
+    printf "%s" "$ROWS"
+    for xml in tests tests_slow; do
+      [ -f "$OUT/$xml.xml" ] && { echo; junit_line "$OUT/$xml.xml"; }
     done
-    if [ -f "$OUT/bench.json" ]; then
-      echo "## bench.json"; echo
-      python3 -c 'import json,sys; b=json.load(open(sys.argv[1]))["benchmarks"]; print(f"{len(b)} benchmarks timed")' \
-        "$OUT/bench.json" 2>/dev/null || echo "(unreadable)"
-      [ -f "$LOGS/bench.log" ] && grep -E "^SKIPPED \[[0-9]+\].*TTF_BENCH_DEADLINE" "$LOGS/bench.log" \
-        | sed -E 's/^SKIPPED \[([0-9]+)\].*/\1/' | awk '{n += $1} END {print "skipped at TTF_BENCH_DEADLINE: " n+0}'
-      echo
-    fi
-    if [ -f "$OUT/profile.md" ]; then
-      echo "## Profile (speed-ups; the full tables are in profile.md)"; echo
-      grep -E "^- \*\*(interrupted|time budget)" "$OUT/profile.md" && echo
-      sed -n '/^## Speed-ups/,/^## Throughput and latency/p' "$OUT/profile.md" | sed '$d'
-    fi
+    for md in check.md headline.md compile.md compile2.md profile.md; do
+      [ -f "$OUT/$md" ] && { echo; echo "## $md"; echo; sed -n '1,60p' "$OUT/$md"; }
+    done
   } > "$OUT/summary.md"
-  # Everything but the 7 headline files goes into one archive (the device tool returns 8 files).
   local f
-  for f in "$OUT"/* "$OUT"/.[!.]*; do
-    [ -e "$f" ] || continue
-    case "$(basename "$f")" in
-      logs|summary.md|profile.json|profile.md|throughput.png|latency.png|bench.json|stem.json) ;;
-      *) mv "$f" "$LOGS"/ ;;
-    esac
+  for f in "$OUT"/*; do
+    case " $KEEP logs " in *" $(basename "$f") "*) ;; *) mv "$f" "$OUT/logs/" ;; esac
   done
-  tar -czf "$OUT/logs.tar.gz" -C "$OUT" logs && rm -rf "$LOGS"
-  echo "[suite] done in $(elapsed)s; summary: $OUT/summary.md"
-  ls -la "$OUT"
+  tar -czf "$OUT/logs.tar.gz" -C "$OUT" logs && rm -rf "$OUT/logs"
+  echo "[$TAG] done in $(( $(date +%s) - START ))s; summary: $OUT/summary.md"
 }
 trap finish EXIT
-trap 'exit 143' TERM INT
 
-timeout 20 nvidia-smi > "$LOGS/nvidia-smi.log" 2>&1
-GPU_LINE="$(timeout 10 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | head -1)"
-
-# 1. env ------------------------------------------------------------------------------------------------------------
-# The venv is always this tree's own .venv (TTF_VENV is ignored: an editable install into a venv shared with another
-# checkout would re-point that checkout's package here). TTF_SUITE_PYTHON skips this step and uses that interpreter.
-# From / (not the repo root, which -c would put on sys.path): does the installed package (or PYTHONPATH) work?
-works() { [ -n "$1" ] && (cd / && "$1" -c "import threethings_fast.triton_kernels") >> "$LOGS/suite.log" 2>&1; }
-absolute() { case "$1" in /*|"") echo "$1" ;; */*) echo "$PWD/$1" ;; *) echo "$1" ;; esac; }   # env.sh prints .venv/bin/python
-if [ -n "${TTF_SUITE_PYTHON:-}" ]; then
-  PY="$(absolute "$TTF_SUITE_PYTHON")"
-  SUMMARY_ROWS+="| env | skipped (TTF_SUITE_PYTHON=$PY) | 0 | — |"$'\n'
-else
-  step env 120 env -u TTF_VENV PIP_NO_INDEX=1 PIP_DISABLE_PIP_VERSION_CHECK=1 scripts/env.sh \
-    && PY="$(absolute "$(tail -1 "$LOGS/env.log")")"
-  if ! works "$PY"; then
-    echo "[suite] scripts/env.sh gave no working environment; trying a plain editable install" | tee -a "$LOGS/suite.log"
-    PY=""
-    step env_fallback 90 bash -c 'python3 -m venv --system-site-packages --without-pip .venv-suite &&
-      .venv-suite/bin/python -m pip install -q --no-deps --no-build-isolation --no-index -e . &&
-      echo "$PWD/.venv-suite/bin/python"' && PY="$(absolute "$(tail -1 "$LOGS/env_fallback.log")")"
-  fi
+# ---- env
+ENV_LINE="$(gpu_env_line "bench/gpu_suite.sh runs the Triton kernels on a CUDA GPU (an H100 / H200 for the numbers)")"
+if (( $? != 0 )); then
+  ROWS+="| env | failed: no CUDA | 0 |"$'\n'
+  echo "gpu_suite.sh: $ENV_LINE" >&2
+  exit 3
 fi
-if ! works "$PY"; then
-  # Last resort: the source tree on PYTHONPATH (threethings_fast/__init__.py maps triton_kernels/ in), with the
-  # first interpreter that then imports the kernels — a venv's (it has the test tools) before the system python3.
-  export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-  found=""
-  for cand in "$PY" "$PWD/.venv/bin/python" "$PWD/.venv-suite/bin/python" python3; do
-    if [ -n "$cand" ] && works "$cand"; then found="$cand"; break; fi
-  done
-  PY="${found:-${PY:-python3}}"   # none works: the steps fail and their logs say why
-  echo "[suite] no installed package works; the remaining steps use $PY with PYTHONPATH=$PYTHONPATH" \
-    | tee -a "$LOGS/suite.log"
-  SUMMARY_ROWS+="| env | package not importable: steps run $PY with the source tree on PYTHONPATH | 0 | logs/suite.log |"$'\n'
-fi
+ROWS+="| env | ok | $(( $(date +%s) - START )) |"$'\n'
+timeout 20 nvidia-smi > "$OUT/logs/nvidia-smi.log" 2>&1
 
-VERSIONS_LINE="$(timeout 60 "$PY" -c 'import torch,triton,sys; print(f"python {sys.version.split()[0]}, torch {torch.__version__}, triton {triton.__version__}")' 2>/dev/null)"
-
-# 2. GPU tests --------------------------------------------------------------------------------------------------------
-# Cold Triton compiles dominate: autotuning off (one config per kernel variant), bf16 only, slow tests out. The cap
-# leaves ~330 s for profile + bench + stem.
-step tests "$(clamp $(( $(left) - 330 )) 60 180)" env TTF_TRITON_AUTOTUNE=0 "$PY" -m pytest \
-  -m "gpu and not slow" -k "not fp16 and not torch.float16" -v -rfE --durations=15 -p no:cacheprovider \
-  --junitxml="$LOGS/gpu_tests.xml" \
-  tests/test_triton_ops.py tests/test_fused_triton.py tests/test_checkpoint.py tests/test_stem.py
-
-# 3. profiler (its own budget orders and trims batches; the cap leaves it time to start, trace and write) -------------
-PROFILE_BUDGET=$(clamp $(( $(left) - 190 )) 45 160)
-step profile $(( PROFILE_BUDGET + 45 )) "$PY" -m threethings_fast.profile --full --batches 1 8 64 256 \
-  --reps 20 --warmup 3 --time-budget "$PROFILE_BUDGET" --trace "S18x2:fused[triton]:1" --out "$OUT" --no-progress \
-  ${TTF_SUITE_PROFILE_ARGS:-}
-
-# 4. pytest-benchmark suites (without torch.compile): the whole model first, then per op (the hMLP op compiles
-# longest and comes last) -----------------------------------------------------------------------------------------
-BENCH_DEADLINE=$(clamp $(( $(left) - 95 )) 20 100)
-step bench $(( BENCH_DEADLINE + 35 )) env TTF_BENCH_DEADLINE="$BENCH_DEADLINE" \
-  "$PY" -m pytest bench/bench_model.py bench/bench_ops.py -m "not compile" -q -p no:cacheprovider \
-  --benchmark-json="$OUT/bench.json"
-
-# 5. the stem benchmark of bench/bench_stem.py -------------------------------------------------------------------------
-if [ -f bench/bench_stem.py ]; then
-  STEM_ARGS=(--batch 64); (( $(left) < 120 )) && STEM_ARGS+=(--no-compile)
-  step stem 90 "$PY" bench/bench_stem.py "$OUT/stem.json" "${STEM_ARGS[@]}"
-fi
-
-# 6. torch.compile providers with whatever is left ---------------------------------------------------------------------
-if (( $(left) >= 90 )); then
-  COMPILE_DEADLINE=$(( $(left) - GRACE - 5 - 40 ))
-  step compile $(( COMPILE_DEADLINE + 35 )) env TTF_BENCH_DEADLINE="$COMPILE_DEADLINE" \
-    "$PY" -m pytest bench/bench_ops.py bench/bench_model.py -m compile -q -p no:cacheprovider \
-    --benchmark-json="$OUT/bench_compile.json"
-else
-  SUMMARY_ROWS+="| compile | skipped (under 90 s left) | 0 | — |"$'\n'
-fi
+case "$TIER" in
+1)
+  KEEP+=" check.json check.md"
+  step check 150 "$PY" bench/gpu_check.py --out "$OUT/check.json" --deadline 120
+  profile headline 80 60 --models S18x2 S36x1 --batches 1 64 256 --providers "${HEADLINE_PROVIDERS[@]}"
+  profile compile 60 45 --models S18x2 --batches 1 --providers "${COMPILE_PROVIDERS[@]}"
+  ;;
+2)
+  KEEP+=" tests.xml tests_slow.xml ops.json"
+  # Fastest files first; the every-config tests (one cold compile per forced config) are marked slow and run after.
+  GPU_TEST_FILES=(tests/test_triton_common.py tests/test_linear_splitk.py tests/test_attention_tail.py
+    tests/test_triton_ops.py tests/test_fused_triton.py tests/test_checkpoint.py tests/test_reliability.py
+    tests/test_stem.py tests/test_stem_pdl_configs.py)
+  step tests 130 "$PY" -m pytest -p no:cacheprovider -q -rfE --durations=15 --junitxml="$OUT/tests.xml" \
+    -m "gpu and not slow" -k "not fp16 and not torch.float16" "${GPU_TEST_FILES[@]}"
+  step tests_slow 40 "$PY" -m pytest -p no:cacheprovider -q -rfE --junitxml="$OUT/tests_slow.xml" \
+    -m "gpu and slow" -k "not fp16 and not torch.float16" "${GPU_TEST_FILES[@]}"
+  step ops 70 env TTF_BENCH_DEADLINE=55 "$PY" -m pytest -c bench/pytest.ini bench/bench_ops.py -m "not compile" -q \
+    -p no:cacheprovider --benchmark-json="$OUT/ops.json"
+  profile compile2 60 45 --models S36x1 S18x2 --batches 1 64 --providers "${COMPILE_PROVIDERS[@]}"
+  ;;
+3)
+  KEEP+=" profile.json profile.md throughput.png latency.png"
+  step profile 520 "$PY" -m threethings_fast.profile --full --batches 1 8 64 256 --time-budget 470 --out "$OUT" \
+    --no-progress --trace "S18x2:fused[triton]:1"
+  ;;
+esac
 exit 0

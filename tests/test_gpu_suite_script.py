@@ -1,0 +1,92 @@
+"""The Triton path's tiered GPU run dry-runs on the CPU: each tier stops at once, clearly, without CUDA, and the time
+model in its header adds up to what the tiers promise (tier 1 <= 4 min, tier 2 <= 5 min, tiers 1 + 2 <= 9 min)."""
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "bench" / "gpu_suite.sh"
+
+pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="the dry run is for machines without CUDA")
+
+
+def _run(args, tmp_path):
+    return subprocess.run(["bash", str(SCRIPT)] + args, capture_output=True, text=True, timeout=120,
+                          env={"PATH": "/usr/bin:/bin", "TTF_PYTHON": sys.executable, "HOME": str(tmp_path)})
+
+
+@pytest.mark.parametrize("tier", ["1", "2", "3"])
+def test_each_tier_stops_clearly_without_cuda(tmp_path, tier):
+    out = tmp_path / "out"
+    run = _run([tier, str(out)], tmp_path)
+    assert run.returncode == 3, run.stdout + run.stderr
+    assert "no CUDA device" in run.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["logs.tar.gz", "summary.md"]
+    summary = (out / "summary.md").read_text()
+    assert summary.startswith(f"# GPU suite, tier {tier}") and "| env | failed: no CUDA |" in summary
+    assert "TTF_TRITON_AUTOTUNE=" + ("1" if tier == "3" else "0") in summary
+
+
+def test_bad_arguments_are_refused(tmp_path):
+    assert _run(["4", str(tmp_path / "o")], tmp_path).returncode == 2
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("keep me")
+    run = _run(["1", str(tmp_path / "full")], tmp_path)
+    assert run.returncode == 2 and "not empty" in run.stderr
+    assert (tmp_path / "full" / "x").read_text() == "keep me"
+
+
+def _tier_steps(header: str, tier: int) -> list[tuple[int, int]]:
+    """(expected seconds, cap seconds) of each step listed under 'Tier N' in the script's header."""
+    part = re.split(r"#   Tier (\d)", header)
+    sections = {int(part[i]): part[i + 1] for i in range(1, len(part), 2)}
+    steps = []
+    for line in sections[tier].splitlines():
+        m = re.match(r"#\s+\S+\s+~(\d+) s\b", line)
+        if m:
+            steps.append([int(m.group(1)), None])
+        cap = re.search(r"cap\s+(\d+) s\s*$", line)
+        if cap and steps:
+            steps[-1][1] = int(cap.group(1))
+    return [tuple(s) for s in steps]
+
+
+def test_time_model_adds_up():
+    header = SCRIPT.read_text().split("set -uo pipefail")[0]
+    budgets = {1: 240, 2: 300}
+    for tier, budget in budgets.items():
+        steps = _tier_steps(header, tier)
+        assert steps and all(cap is not None and expected <= cap for expected, cap in steps), steps
+        assert sum(e for e, _ in steps) <= budget, (tier, steps)
+        assert f"{budget}" in header
+    total = sum(e for t in budgets for e, _ in _tier_steps(header, t))
+    assert total <= 9 * 60
+    stated = re.search(r"Tiers 1 \+ 2 are expected to take ([\d +]+)= (\d+) s", header)
+    assert stated and sum(int(x) for x in stated.group(1).split("+")) == int(stated.group(2)) == total
+
+
+def test_gpu_check_refuses_without_cuda(tmp_path):
+    run = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_check.py"), "--out", str(tmp_path / "c.json")],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2 and "no CUDA device" in run.stderr
+
+
+def test_gpu_check_logic_on_the_cpu(tmp_path):
+    """The correctness step's own logic (bounds, rows, files) on tiny models, fused[torch] on the CPU."""
+    import json
+    out = tmp_path / "c.json"
+    run = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_check.py"), "--out", str(out), "--cpu-dry-run",
+                          "--models", "tiny_2x2", "tiny_4x1", "--batches", "1", "3"],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    record = json.loads(out.read_text())
+    assert record["env"]["dtype"] == "bfloat16" and "command" in record["env"]
+    rows = record["rows"]
+    assert [(r["model"], r["batch"], r["provider"]) for r in rows] == [
+        (m, b, "fused[torch]") for m in ("tiny_2x2", "tiny_4x1") for b in (1, 3)]
+    assert all(r["ok"] and r["err"] <= r["bound"] for r in rows)
+    assert "| tiny_2x2 | 1 | fused[torch] |" in out.with_suffix(".md").read_text()
