@@ -15,7 +15,8 @@ Output (stdout): one JSON object per line.
     {"event": "env", ...}                   triton version, ptxas, target
     {"event": "variant", "name": ..., "ok": bool, "error": str|None, "shared": bytes, "n_regs": int|None,
      "spill_bytes": per-thread stack bytes (register spills) or None, "wgmma": count of wgmma.mma_async in the PTX,
-     "mma_sync": count of mma.sync, "tensor_cores_expected": bool, "num_warps", "num_stages", "compile_s"}
+     "mma_sync": count of mma.sync, "gdc_wait" / "gdc_launch": counts of griddepcontrol.wait / .launch_dependents,
+     "pdl": the variant's USE_PDL, "tensor_cores_expected": bool, "num_warps", "num_stages", "compile_s"}
     {"event": "done", "n": ..., "wall_s": ...}
 Anything else the compiler prints (ptxas logs, PTX of a failed kernel) goes to stderr.
 
@@ -96,14 +97,18 @@ def build_variants() -> list[Variant]:
     out: list[Variant] = []
 
     # normalize: (x dtype, y dtype, D). BLOCK_D = next_power_of_2(D): 384 -> 512; 1024 and MAX_D = 8192 are large.
-    # The row-statistics mode (row_stats) writes fp32 (mean, M2) pairs instead of x̂.
-    for xt, yt, d, stats in [("bf16", "bf16", 384, False), ("fp32", "fp32", 384, False), ("fp32", "bf16", 384, False),
-                             ("bf16", "bf16", 1024, False), ("fp32", "fp32", 1024, False),
-                             ("bf16", "bf16", nrm.MAX_D, False), ("bf16", "fp32", 384, True)]:
+    # The row-statistics mode (row_stats) writes fp32 (mean, M2) pairs instead of x̂. "+pdl": programmatic dependent
+    # launch (griddepcontrol only exists with USE_PDL).
+    for xt, yt, d, stats, pdl in [("bf16", "bf16", 384, False, False), ("fp32", "fp32", 384, False, False),
+                                  ("fp32", "bf16", 384, False, False), ("bf16", "bf16", 1024, False, False),
+                                  ("fp32", "fp32", 1024, False, False), ("bf16", "bf16", nrm.MAX_D, False, False),
+                                  ("bf16", "fp32", 384, True, False), ("bf16", "bf16", 384, False, True),
+                                  ("bf16", "fp32", 384, True, True)]:
         bm, bd, warps = nrm._normalize_meta(d)
         out.append(Variant(
-            name=f"normalize/{xt}->{'stats' if stats else yt}/D{d}/BLOCK_D{bd}", module="normalize",
-            kernel="_normalize_kernel", consts=dict(BLOCK_M=bm, BLOCK_D=bd, STATS=stats),
+            name=f"normalize/{xt}->{'stats' if stats else yt}/D{d}/BLOCK_D{bd}{'+pdl' if pdl else ''}",
+            module="normalize", kernel="_normalize_kernel", consts=dict(BLOCK_M=bm, BLOCK_D=bd, STATS=stats,
+                                                                        USE_PDL=pdl),
             ptrs=dict(x_ptr=f"*{xt}", y_ptr=f"*{yt}"),
             num_warps=warps, num_stages=3, floats=("eps",), not_div16=("M", "D"), cost=1.5))
 
@@ -129,32 +134,112 @@ def build_variants() -> list[Variant]:
                     consts=dict(meta, HAS_BIAS=has_bias, HAS_RESIDUAL=has_res, ACTIVATION=act,
                                 INPUT_PRECISION="ieee", NORM_IN=norm_in, W_IN=lin.STAT_W if norm_in else 1,
                                 T_IN=t_in if norm_in else 1, T_IN_PAD=16 if norm_in else 2, STATS_OUT=stats_out,
-                                STAT_W=lin.STAT_W),
+                                STAT_W=lin.STAT_W, USE_PDL=False, PREFETCH_W=False),
                     ptrs=dict(x_ptr=p, w_ptr=p, b_ptr=p, r_ptr=p, y_ptr=p, s_ptr="*fp32", c_ptr="*fp32",
                               so_ptr="*fp32"),
                     num_warps=warps, num_stages=stages, floats=("eps",),
-                    not_div16=("M",), tensor_cores=dt != "fp32",
+                    not_div16=("M", "EPILOGUE", "MBUCKET"), tensor_cores=dt != "fp32",
                     cost={"large": 6.0, "small": 4.0, "fp32meta": 4.0}[tag]))
 
-    # attention: bf16 with the first config at head dims 64, 80 (padded to D_PAD 128) and 128; fp16 at 64; the fp32
-    # accuracy path (_FP32_META, IEEE dots on CUDA cores) at 64.
-    meta, warps, stages = _cfg(att._CONFIGS[0])
+    # linear, shape-aware and split-K: the first config for N = 384 at batch 64 (config_order drops the 256-wide
+    # tile: 128x128) with the residual epilogues of proj / fc2; the split-K main kernel with the reference tiles of
+    # batch 1 (small list) and batch 4-8 (narrow large list) and the fp32 meta; the reduction kernel (no tl.dot) with
+    # every epilogue at 10 splits (fc2 at batch 1) and 3; one programmatic-dependent-launch variant of each kernel
+    # (griddepcontrol and the L2 prefetch of W only exist with USE_PDL / PREFETCH_W).
+    def lin_meta(config):
+        meta, warps, stages = _cfg(config)
+        return meta, warps, stages, "x".join(str(meta[k]) for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K"))
+
+    kind, order = lin.config_order(64 * 197, 384)
+    narrow = lin._CONFIG_LISTS[kind][order[0]]
+    meta, warps, stages, tile = lin_meta(narrow)
+    for dt, epi_name, pdl in [("bf16", "bias+residual", False), ("bf16", "bias+residual+stats", False),
+                              ("fp16", "bias+residual", False), ("fp16", "bias+residual+stats", False),
+                              ("bf16", "bias+residual", True)]:
+        _, has_bias, has_res, act, norm_in, stats_out = next(e for e in epilogues if e[0] == epi_name)
+        p = f"*{dt}"
+        out.append(Variant(
+            name=f"linear/{dt}/narrow-N:{tile}w{warps}s{stages}/{epi_name}{'+pdl' if pdl else ''}", module="linear",
+            kernel="_linear_kernel",
+            consts=dict(meta, HAS_BIAS=has_bias, HAS_RESIDUAL=has_res, ACTIVATION=act, INPUT_PRECISION="ieee",
+                        NORM_IN=norm_in, W_IN=1, T_IN=1, T_IN_PAD=2, STATS_OUT=stats_out, STAT_W=lin.STAT_W,
+                        USE_PDL=pdl, PREFETCH_W=pdl),
+            ptrs=dict(x_ptr=p, w_ptr=p, b_ptr=p, r_ptr=p, y_ptr=p, s_ptr="*fp32", c_ptr="*fp32", so_ptr="*fp32"),
+            num_warps=warps, num_stages=stages, floats=("eps",), not_div16=("M", "EPILOGUE", "MBUCKET"),
+            tensor_cores=True, cost=5.0))
+
+    split_cfgs = [("small", *lin_meta(lin._CONFIGS_SMALL_M[lin.config_order(197, 384)[1][0]]), ("bf16", "fp16")),
+                  ("narrow-N", meta, warps, stages, tile, ("bf16", "fp16"))]
+    fp32_meta = dict(lin._FP32_META)
+    fp32_warps, fp32_stages = fp32_meta.pop("num_warps"), fp32_meta.pop("num_stages")
+    split_cfgs.append(("fp32meta", fp32_meta, fp32_warps, fp32_stages,
+                       "x".join(str(fp32_meta[k]) for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K")), ("fp32",)))
+    for tag, meta_, warps_, stages_, tile_, dtypes in split_cfgs:
+        for dt in dtypes:
+            for pdl in (False, True) if (tag, dt) == ("small", "bf16") else (False,):
+                out.append(Variant(
+                    name=f"linear-splitk/{dt}/{tag}:{tile_}w{warps_}s{stages_}{'/pdl' if pdl else ''}",
+                    module="linear", kernel="_linear_splitk_kernel",
+                    consts=dict(meta_, INPUT_PRECISION="ieee", USE_PDL=pdl, PREFETCH_W=pdl),
+                    ptrs=dict(x_ptr=f"*{dt}", w_ptr=f"*{dt}", ws_ptr="*fp32"),
+                    num_warps=warps_, num_stages=stages_, not_div16=("M", "MBUCKET", "SPLIT_K"),
+                    tensor_cores=dt != "fp32", cost=4.0))
+
+    rmeta = dict(lin._REDUCE_META)
+    r_warps, r_stages = rmeta.pop("num_warps"), rmeta.pop("num_stages")
+    reduce_cases = [("bf16", e, 10, False) for e in epilogues] + [("fp16", epilogues[5], 3, False),
+                                                                 ("bf16", epilogues[5], 3, True)]
+    for dt, (epi, has_bias, has_res, act, norm_in, stats_out), split, pdl in reduce_cases:
+        p = f"*{dt}"
+        out.append(Variant(
+            name=(f"linear-reduce/{dt}/{rmeta['BLOCK_M']}x{rmeta['BLOCK_N']}w{r_warps}/split{split}/{epi}"
+                  f"{'+pdl' if pdl else ''}"),
+            module="linear", kernel="_linear_reduce_kernel",
+            consts=dict(rmeta, SPLIT_K=split, HAS_BIAS=has_bias, HAS_RESIDUAL=has_res, ACTIVATION=act,
+                        NORM_IN=norm_in, W_IN=lin.STAT_W if norm_in else 1, T_IN=t_in if norm_in else 1,
+                        T_IN_PAD=16 if norm_in else 2, STATS_OUT=stats_out, STAT_W=lin.STAT_W, USE_PDL=pdl),
+            ptrs=dict(ws_ptr="*fp32", b_ptr=p, r_ptr=p, y_ptr=p, s_ptr="*fp32", c_ptr="*fp32", so_ptr="*fp32"),
+            num_warps=r_warps, num_stages=r_stages, floats=("eps",), not_div16=("M",), cost=1.5))
+
+    # attention (batch 64 x 12 heads): the first config of the list for N = 197 (128x64, a 16-key tail block loaded
+    # before the key loop) in bf16 at head dims 64, 80 (padded to D_PAD 128) and 128, fp16 at 64, bf16 with PDL; the
+    # other key-block modes at 64: no tail (N = 256) and the tail as the loop's last, masked iteration (N = 50: 64x64;
+    # N = 197: 128x128); the widest tails held through the loop at d = 128, where they cost the most registers
+    # (N = 785: 32 keys with 64-key blocks, 8 and 4 warps; N = 305: 64 keys with 128-key blocks); the fp32 accuracy
+    # path (_FP32_META, IEEE dots on CUDA cores) at 64 with N = 197's tail.
+    def att_cfg(n, d, bm=None, bn=None, warps=None):
+        """(meta, num_warps, num_stages) of the first config for (n, d) matching the given tile fields."""
+        cfgs = att.attention_configs(n, d, att._work_bucket(64, 12))
+        cfg = next(c for c in cfgs if (bm is None or c.kwargs["BLOCK_M"] == bm)
+                   and (bn is None or c.kwargs["BLOCK_N"] == bn) and (warps is None or c.num_warps == warps))
+        return _cfg(cfg)
+
     fp32_meta = dict(att._FP32_META)
     fp32_warps, fp32_stages = fp32_meta.pop("num_warps"), fp32_meta.pop("num_stages")
-    for dt, d, (meta_, warps_, stages_) in [("bf16", 64, (meta, warps, stages)), ("bf16", 80, (meta, warps, stages)),
-                                            ("bf16", 128, (meta, warps, stages)), ("fp16", 64, (meta, warps, stages)),
-                                            ("fp32", 64, (fp32_meta, fp32_warps, fp32_stages))]:
+    fp32_meta["TAIL_N"] = att.tail_block(197, fp32_meta["BLOCK_N"])
+    for dt, d, n, (meta_, warps_, stages_), pdl in [
+            ("bf16", 64, 197, att_cfg(197, 64), False), ("bf16", 80, 197, att_cfg(197, 80), False),
+            ("bf16", 128, 197, att_cfg(197, 128), False), ("fp16", 64, 197, att_cfg(197, 64), False),
+            ("bf16", 64, 197, att_cfg(197, 64), True), ("bf16", 64, 256, att_cfg(256, 64), False),
+            ("bf16", 64, 50, att_cfg(50, 64), False), ("bf16", 64, 197, att_cfg(197, 64, bn=128), False),
+            ("bf16", 128, 785, att_cfg(785, 128, bm=128, bn=64, warps=8), False),
+            ("bf16", 128, 785, att_cfg(785, 128, bm=128, bn=64, warps=4), False),
+            ("bf16", 128, 305, att_cfg(305, 128, bn=128), False),
+            ("fp32", 64, 197, (fp32_meta, fp32_warps, fp32_stages), False)]:
+        tile = f"{meta_['BLOCK_M']}x{meta_['BLOCK_N']}t{meta_['TAIL_N']}w{warps_}s{stages_}"
         out.append(Variant(
-            name=f"attention/{dt}/d{d}/{meta_['BLOCK_M']}x{meta_['BLOCK_N']}w{warps_}s{stages_}", module="attention",
+            name=f"attention/{dt}/d{d}/N{n}/{tile}{'+pdl' if pdl else ''}", module="attention",
             kernel="_attention_kernel",
-            consts=dict(meta_, HEAD_DIM=d, D_PAD=1 << (d - 1).bit_length(), INPUT_PRECISION="ieee"),
+            consts=dict(meta_, HEAD_DIM=d, D_PAD=1 << (d - 1).bit_length(), INPUT_PRECISION="ieee", USE_PDL=pdl),
             ptrs=dict(qkv_ptr=f"*{dt}", o_ptr=f"*{dt}"), num_warps=warps_, num_stages=stages_, floats=("qk_scale",),
             not_div16=("N", "H", "WORK_BUCKET"), tensor_cores=dt != "fp32", cost=3.0 if d == 64 else 5.0))
 
     # hmlp_stem: ViT-B (E = 768); fp32 images, bf16 weights and tokens, position embedding and class token (the model
-    # path). BN and LN with the first config of the large-batch list (BLOCK_P 64: wgmma; LN at E = 768 > BLOCK_E
-    # takes the two-pass LN branch), LN with BEiT masking (row gather, mask-token rows), BN with the first config of
-    # the small-batch list (BLOCK_P 16: mma.sync).
+    # path). BN and LN with every config of both autotune lists (a config in both lists once; LN at E = 768 > BLOCK_E
+    # takes the two-pass LN branch), so a spill or shared-memory regression of any of them shows up here; LN with
+    # BEiT masking (row gather, mask-token rows) on the first config of the large-batch list, LN with MAE masking
+    # (row gather) and BN with programmatic dependent launch on that of the small-batch list; the fp32 accuracy path
+    # (_FP32_META).
     E = 768
     c4 = E // 4
     c4a, c4b = hms.split_hidden(c4)
@@ -164,37 +249,54 @@ def build_variants() -> list[Variant]:
         return dict(hm_ptrs, w1_ptr=f"*{dt}", w2_ptr=f"*{dt}", w3_ptr=f"*{dt}", idx_ptr="*i64", mask_ptr="*u8",
                     out_ptr=f"*{dt}")
 
+    hm_cfgs: dict = {}  # (meta, warps, stages) -> list tags ("large0", "small1", ...), in list order
+    for lst, configs in (("large", hms._CONFIGS_LARGE), ("small", hms._CONFIGS_SMALL)):
+        for i, c in enumerate(configs):
+            meta, warps, stages = _cfg(c)
+            hm_cfgs.setdefault((tuple(sorted(meta.items())), warps, stages), []).append(f"{lst}{i}")
     fp32_meta = dict(hms._FP32_META)
     fp32_run = (fp32_meta.pop("num_warps"), fp32_meta.pop("num_stages"))
-    for norm, tag, (meta, warps, stages), dt, beit, cost in [
-            ("bn", "large", _cfg(hms._CONFIGS_LARGE[0]), "bf16", False, 30.0),
-            ("ln", "large", _cfg(hms._CONFIGS_LARGE[0]), "bf16", False, 40.0),
-            ("ln", "large", _cfg(hms._CONFIGS_LARGE[0]), "bf16", True, 35.0),
-            ("bn", "small", _cfg(hms._CONFIGS_SMALL[0]), "bf16", False, 8.0),
-            ("bn", "fp32meta", (fp32_meta, *fp32_run), "fp32", False, 60.0)]:   # the accuracy path: must fit
+    hm_runs = []  # (norm, masking, pdl, tags, meta, warps, stages, dt)
+    for (items, warps, stages), tags in hm_cfgs.items():
+        meta = dict(items)
+        for norm in ("bn", "ln"):
+            hm_runs.append((norm, "", False, tags, meta, warps, stages, "bf16"))
+        if "large0" in tags:
+            hm_runs.append(("ln", "beit", False, tags, meta, warps, stages, "bf16"))
+        if "small0" in tags:
+            hm_runs.append(("ln", "mae", False, tags, meta, warps, stages, "bf16"))
+            hm_runs.append(("bn", "", True, tags, meta, warps, stages, "bf16"))
+    hm_runs.append(("bn", "", False, ["fp32meta"], fp32_meta, *fp32_run, "fp32"))  # the accuracy path: must fit
+    for norm, masking, pdl, tags, meta, warps, stages, dt in hm_runs:
+        idx = masking != ""
+        beit = masking == "beit"
         out.append(Variant(
-            name=(f"hmlp_stem/{norm}{'+beit' if beit else ''}/{dt}/E{E}/{tag}:P{meta['BLOCK_P']}xE{meta['BLOCK_E']}"
-                  f"w{warps}"),
+            name=(f"hmlp_stem/{norm}{'+' + masking if masking else ''}{'+pdl' if pdl else ''}/{dt}/E{E}/"
+                  f"{','.join(tags)}:P{meta['BLOCK_P']}xE{meta['BLOCK_E']}w{warps}"),
             module="hmlp_stem", kernel="_hmlp_stem_kernel",
             consts=dict(meta, C_IN=3, E=E, C4=c4, C4A=c4a, C4B=c4b, K1P=64, IS_LN=norm == "ln", HAS_POS=True,
-                        HAS_CLS=True, HAS_IDX=beit, BEIT=beit, DOT_PREC="ieee"),
+                        HAS_CLS=True, HAS_IDX=idx, BEIT=beit, DOT_PREC="ieee", USE_PDL=pdl),
             ptrs=hm_ptrs_for(dt), num_warps=warps, num_stages=stages, floats=("b3_mean", "eps"),
-            ones=("s_iw", "s_pe") + (("s_xs", "s_mn") if beit else ()),
-            not_div16=("R", "S", "N", "WP") + (("s_xb", "s_mb") if beit else ()),
-            tensor_cores=dt != "fp32", cost=cost))
+            ones=("s_iw", "s_pe") + (("s_xs",) if idx else ()) + (("s_mn",) if beit else ()),
+            not_div16=("R", "S", "N", "WP") + (("s_xb",) if idx else ()) + (("s_mb",) if beit else ()),
+            tensor_cores=dt != "fp32",
+            cost=(60.0 if dt == "fp32" else 20.0 + 0.3 * meta["BLOCK_P"] + (10.0 if norm == "ln" else 0.0))))
 
-    # patch_embed: ViT-B/16 (E = 768, K = 3·16·16): the first 16-bit config (fp32 images, bf16 weight and tokens)
-    # and the fp32 accuracy path's config.
+    # patch_embed: ViT-B/16 (E = 768, K = 3·16·16): the first 16-bit config (fp32 images, bf16 weight and tokens),
+    # the fp32 accuracy path's config, and the first config with programmatic dependent launch.
     pe_fp32 = dict(pem._FP32_META)
     pe_fp32_run = (pe_fp32.pop("num_warps"), pe_fp32.pop("num_stages"))
-    for dt, (meta, warps, stages) in [("bf16", _cfg(pem._CONFIGS[0])), ("fp32", (pe_fp32, *pe_fp32_run))]:
+    for dt, (meta, warps, stages), pdl in [("bf16", _cfg(pem._CONFIGS[0]), False),
+                                           ("fp32", (pe_fp32, *pe_fp32_run), False),
+                                           ("bf16", _cfg(pem._CONFIGS[0]), True)]:
         pe_ptrs = {n: "*fp32" for n in ("img_ptr", "b_ptr", "pos_ptr", "cls_ptr", "mtok_ptr")}
         pe_ptrs.update(w_ptr=f"*{dt}", idx_ptr="*i64", mask_ptr="*u8", out_ptr=f"*{dt}")
         out.append(Variant(
-            name=f"patch_embed/{dt}/E{E}/{meta['BLOCK_P']}x{meta['BLOCK_E']}x{meta['BLOCK_K']}w{warps}s{stages}",
+            name=(f"patch_embed/{dt}/E{E}/{meta['BLOCK_P']}x{meta['BLOCK_E']}x{meta['BLOCK_K']}w{warps}s{stages}"
+                  f"{'+pdl' if pdl else ''}"),
             module="patch_embed", kernel="_patch_embed_kernel",
             consts=dict(meta, PATCH=16, E=E, K=3 * 16 * 16, HAS_BIAS=True, HAS_POS=True, HAS_CLS=True, HAS_IDX=False,
-                        BEIT=False, DOT_PREC="ieee"),
+                        BEIT=False, DOT_PREC="ieee", USE_PDL=pdl),
             ptrs=pe_ptrs, num_warps=warps, num_stages=stages, ones=("s_iw", "s_wk", "s_pe"),
             not_div16=("R", "S", "N", "WP"), tensor_cores=dt != "fp32", cost=6.0))
     return out
@@ -302,6 +404,9 @@ def run_variant(spec: dict) -> dict:
         res["shared"] = int(k.metadata.shared)
         res["wgmma"] = len(re.findall(r"wgmma\.mma_async", ptx))
         res["mma_sync"] = len(re.findall(r"\bmma\.sync", ptx))
+        res["gdc_wait"] = ptx.count("griddepcontrol.wait")
+        res["gdc_launch"] = ptx.count("griddepcontrol.launch_dependents")
+        res["pdl"] = bool(spec["consts"].get("USE_PDL"))
         res["n_regs"], res["spill_bytes"] = resource_usage(k.asm.get("cubin", b""))
         res["ok"] = True
     except Exception as exc:  # noqa: BLE001 - report every compiler error as data

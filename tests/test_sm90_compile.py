@@ -131,3 +131,18 @@ def test_no_register_overflow(sm90):
     overflow = {n: s for n, s in spilling.items()
                 if s > MAX_SPILL_BYTES and variants[n]["tensor_cores_expected"]}
     assert not overflow, f"register overflow: spill stack above {MAX_SPILL_BYTES} B per thread: {overflow}"
+
+
+def test_pdl_variants_wait_for_their_predecessor(sm90):
+    """A kernel compiled with USE_PDL=True must hold griddepcontrol.wait (it reads what its predecessor wrote) and
+    .launch_dependents; with USE_PDL=False neither may appear. Every Triton kernel module has a PDL variant."""
+    _, variants = sm90
+    ok = {n: v for n, v in variants.items() if v["ok"]}
+    pdl = {n: v for n, v in ok.items() if v["pdl"]}
+    modules = {n.split("/")[0] for n in pdl}
+    assert {"linear", "linear-splitk", "linear-reduce", "attention", "normalize", "hmlp_stem",
+            "patch_embed"} <= modules, modules
+    missing = sorted(n for n, v in pdl.items() if v["gdc_wait"] == 0 or v["gdc_launch"] == 0)
+    assert not missing, f"USE_PDL variants without griddepcontrol.wait / .launch_dependents: {missing}"
+    stray = sorted(n for n, v in ok.items() if not v["pdl"] and (v["gdc_wait"] or v["gdc_launch"]))
+    assert not stray, f"griddepcontrol in variants compiled without USE_PDL: {stray}"

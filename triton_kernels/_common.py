@@ -21,11 +21,17 @@ torch.compile traces an op.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from collections.abc import Callable, Iterable, Sequence
 from typing import NamedTuple
 
 import torch
+
+try:
+    from torch._subclasses.fake_tensor import is_fake as _is_fake
+except ImportError:  # pragma: no cover - very old torch
+    _is_fake = None
 
 try:  # The package __init__ turns a missing triton into a clear ImportError; keep this module importable alone.
     import triton  # noqa: F401
@@ -39,6 +45,7 @@ __all__ = [
     "NAMESPACE",
     "FLOAT_DTYPES",
     "interpreter_active",
+    "env_value",
     "check_tensor",
     "check_device",
     "check_same_device",
@@ -50,6 +57,11 @@ __all__ = [
     "launch_choice",
     "next_power_of_2",
     "RowStats",
+    "cached_check",
+    "pdl_enabled",
+    "pdl_launch_kwargs",
+    "gdc_wait",
+    "gdc_launch_dependents",
 ]
 
 #: torch.library namespace of every op in this package: ``torch.ops.ttf.<name>``.
@@ -73,6 +85,29 @@ class RowStats(NamedTuple):
     width: int
 
 
+# os.environ.get costs ~0.7 µs (encode the key, decode the value); the launchers read a few variables per call.
+# Reading the mapping os.environ keeps in step with the process environment (os.environ's own dict, updated by
+# every os.environ / monkeypatch assignment) costs ~0.1 µs. Elsewhere than POSIX CPython: os.environ itself.
+_ENVIRON_DATA = getattr(os.environ, "_data", None)
+_ENCODE = getattr(os.environ, "encodekey", None)
+
+
+def env_value(name: str, default: str = "") -> str:
+    """``os.environ.get(name, default)``, read cheaply (launchers call it on every launch)."""
+    if _ENVIRON_DATA is None or _ENCODE is None:
+        return os.environ.get(name, default)
+    raw = _ENVIRON_DATA.get(_ENCODED_KEYS.get(name) or _encoded(name))
+    return default if raw is None else os.environ.decodevalue(raw)
+
+
+_ENCODED_KEYS: dict[str, object] = {}
+
+
+def _encoded(name: str):
+    key = _ENCODED_KEYS[name] = _ENCODE(name)
+    return key
+
+
 def interpreter_active() -> bool:
     """True when Triton runs kernels with its CPU interpreter (environment ``TRITON_INTERPRET=1``).
 
@@ -80,7 +115,7 @@ def interpreter_active() -> bool:
     modules are imported; this function only reports it (launchers use it to pick a single small config instead
     of autotuning, which is very slow interpreted, and to accept CPU tensors).
     """
-    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "yes", "on")
+    return env_value("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "yes", "on")
 
 
 def next_power_of_2(n: int) -> int:
@@ -214,11 +249,9 @@ def skip_launch(t: torch.Tensor) -> bool:
     if t.device.type == "meta":
         return True
     if interpreter_active():
-        try:
-            from torch._subclasses.fake_tensor import is_fake
-        except ImportError:  # pragma: no cover - very old torch
+        if type(t) is torch.Tensor:    # a plain tensor is never fake; is_fake costs a few µs per launch
             return False
-        return bool(is_fake(t))
+        return _is_fake is not None and bool(_is_fake(t))
     return False
 
 
@@ -240,7 +273,7 @@ except ImportError:  # pragma: no cover - older torch
 def autotune_enabled() -> bool:
     """False when TTF_TRITON_AUTOTUNE=0: every launcher then runs the first config of its list without tuning —
     one compile per kernel variant instead of one per config, for test runs on a GPU with little time."""
-    return os.environ.get("TTF_TRITON_AUTOTUNE", "1") != "0"
+    return env_value("TTF_TRITON_AUTOTUNE", "1") != "0"
 
 
 def _short_bench(kernel_call, quantiles):
@@ -275,6 +308,48 @@ def launch_choice(kernel, tuned, *, interpreter_meta: dict, fp32_meta: dict | No
     return tuned_or_first(tuned)
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# Programmatic dependent launch (PDL)
+# ---------------------------------------------------------------------------------------------------------------
+# With PDL a kernel may start while its predecessor on the stream is still finishing: its prologue (index math,
+# loads of weights, which no predecessor writes) overlaps the predecessor's tail, and `gdc_wait()` blocks until the
+# predecessor's memory is visible. A kernel that reads an activation must call gdc_wait() before that first read;
+# `gdc_launch_dependents()` lets the next kernel start early. Both are no-ops when the launch did not ask for PDL.
+# Off by default (TTF_TRITON_PDL=1 turns it on) until a GPU measurement shows it helps.
+try:  # Triton >= 3.4 (the GPU image has 3.6)
+    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+    _HAS_GDC = True
+except ImportError:  # pragma: no cover - older Triton: the kernels keep their USE_PDL=False branch only
+    _HAS_GDC = False
+
+    @triton.jit
+    def gdc_wait():
+        pass
+
+    @triton.jit
+    def gdc_launch_dependents():
+        pass
+
+
+def pdl_enabled(t: torch.Tensor) -> bool:
+    """True when launches on ``t``'s device use programmatic dependent launch: TTF_TRITON_PDL=1, a Triton with grid
+    dependency control, a CUDA device of compute capability >= 9.0, and not the interpreter. Kernels pass it as their
+    ``USE_PDL`` constexpr and launch with :func:`pdl_launch_kwargs`."""
+    if env_value("TTF_TRITON_PDL", "0") != "1" or not _HAS_GDC or not t.is_cuda or interpreter_active():
+        return False
+    return _capability_major(t.get_device()) >= 9
+
+
+@functools.lru_cache(maxsize=None)
+def _capability_major(index: int) -> int:
+    return torch.cuda.get_device_capability(index)[0]
+
+
+def pdl_launch_kwargs(use_pdl: bool) -> dict:
+    """Extra launch keyword arguments for a kernel launched with ``USE_PDL=use_pdl``."""
+    return {"launch_pdl": True} if use_pdl else {}
+
+
 def wrap_triton(kernel):
     """``torch.library.wrap_triton(kernel)`` where available, else the kernel itself.
 
@@ -300,7 +375,8 @@ def register_op(name: str, fn: Callable[..., torch.Tensor], *, mutates_args: Ite
     ``Optional[str]``, ``Optional[torch.dtype]``, ``float``, ``int``, ``bool`` are all expressible), must launch its
     kernels through :func:`wrap_triton`, and must return fresh tensors (outputs may not alias inputs).
 
-    Returns the registered op (calls go through the dispatcher) or, when ``triton_op`` is unavailable, ``fn``.
+    Returns the registered op, wrapped so that a plain eager call skips the dispatcher (:class:`_EagerFastPath`;
+    ``.op`` is the op itself), or, when ``triton_op`` is unavailable, ``fn``.
     Registering the same name twice in one process (e.g. the module imported under two paths) reuses the first
     registration instead of failing.
     """
@@ -308,7 +384,7 @@ def register_op(name: str, fn: Callable[..., torch.Tensor], *, mutates_args: Ite
     if _triton_op is None:
         return fn
     try:
-        return _triton_op(qualname, mutates_args=mutates_args)(fn)
+        op = _triton_op(qualname, mutates_args=mutates_args)(fn)
     except RuntimeError as exc:
         # "already registered": the dispatcher keeps one definition per name for the process lifetime.
         existing = getattr(getattr(torch.ops, NAMESPACE), name, None)
@@ -316,4 +392,109 @@ def register_op(name: str, fn: Callable[..., torch.Tensor], *, mutates_args: Ite
             raise
         if "already" not in str(exc) and "registered" not in str(exc):  # pragma: no cover
             raise
-        return existing.default
+        op = existing.default
+    return _EagerFastPath(op, fn)
+
+
+class _EagerFastPath:
+    """A registered op that an eager call with plain tensors runs as the Python function it wraps.
+
+    Through the dispatcher, an eager call of a ``triton_op`` crosses the autograd key, the custom-op machinery and
+    a dynamo-disabled frame before reaching ``fn``: ~35-40 µs of Python per call on the CPU host (bench/
+    host_overhead.py), for nothing an eager inference call needs. Everything else goes through the op: while
+    torch.compile, torch.export or torch.jit trace, under any dispatch or function mode (fake tensors,
+    functionalization, FlopCounterMode), under functorch transforms, for tensor subclasses, and when autograd
+    would record (an input requires grad), so tracing and autograd see exactly what they saw before.
+    ``.op`` is the registered op itself.
+    """
+
+    __slots__ = ("op", "fn", "__wrapped__")
+
+    def __init__(self, op, fn):
+        self.op = op
+        self.fn = fn
+        self.__wrapped__ = fn
+
+    def __call__(self, *args, **kwargs):
+        if _plain_eager_call(args):
+            return self.fn(*args, **kwargs)
+        return self.op(*args, **kwargs)
+
+    def __getattr__(self, attr):    # the op's own attributes (register_fake, _opoverload, ...)
+        return getattr(self.op, attr)
+
+
+def _plain_eager_call(args) -> bool:
+    """True when calling the op's Python function directly is what the dispatcher would do: no tracing, no mode, no
+    transform, plain tensors only, nothing for autograd to record."""
+    if (torch.compiler.is_compiling() or torch.jit.is_tracing() or torch._C._len_torch_dispatch_stack()
+            or torch._C._is_torch_function_mode_enabled() or torch._C._are_functorch_transforms_active()):
+        return False
+    grad = torch.is_grad_enabled()
+    for a in args:
+        if isinstance(a, torch.Tensor):
+            if type(a) is not torch.Tensor or (grad and a.requires_grad):
+                return False
+    return True
+
+
+def _metadata_key(value):
+    """A hashable key standing for what a validation can look at in `value` (tensor metadata, not data), or None
+    when there is none (then the call is not cached)."""
+    kind = type(value)
+    if kind is torch.Tensor:
+        # get_device() / is_meta instead of .device: building a torch.device object costs more than the rest
+        return (value.shape, value.stride(), value.dtype, value.get_device(), value.is_meta)
+    if value is None:
+        return None
+    if kind in _SCALAR_TYPES:
+        return (kind, value)         # the type too: True and 1 are equal keys, and a check may refuse a bool
+    if isinstance(value, tuple):     # RowStats and other named tuples of tensors and scalars
+        parts = tuple(_metadata_key(v) for v in value)
+        return None if any(p is None and v is not None for p, v in zip(parts, value)) else (kind, parts)
+    return None
+
+
+_SCALAR_TYPES = frozenset((bool, int, float, str, torch.dtype))
+
+
+def cached_check(fn):
+    """Memoise a validation function whose outcome depends only on its arguments' metadata (shapes, strides, dtypes,
+    devices) and scalar values: a call whose arguments match a previous successful call returns that call's
+    result without running the checks again (they cost ~30-60 µs of Python per op call on the CPU host). A failing
+    call raises every time (failures are never cached). Calls with symbolic shapes (torch.compile), tensor
+    subclasses or arguments without a metadata key run the checks unmemoised. The interpreter switch is part of
+    the key: it decides whether CPU tensors are accepted. At most 512 entries are kept; the cache empties when
+    full (a model has a few dozen distinct shapes)."""
+    cache: dict = {}
+
+    def checked(*args):
+        if torch.compiler.is_compiling():
+            return fn(*args)
+        key = [interpreter_active()]
+        for a in args:
+            part = _metadata_key(a)
+            if part is None and a is not None:
+                return fn(*args)
+            key.append(part)
+        key = tuple(key)
+        try:
+            hit = cache.get(key, _MISSING)
+        except TypeError:        # unhashable metadata (a SymInt outside of tracing, ...)
+            return fn(*args)
+        if hit is not _MISSING:
+            return hit
+        result = fn(*args)
+        if len(cache) >= 512:
+            cache.clear()
+        cache[key] = result
+        return result
+
+    checked.__wrapped__ = fn
+    checked.__doc__ = fn.__doc__
+    checked.__name__ = getattr(fn, "__name__", "checked")
+    checked.cache = cache
+    return checked
+
+
+_MISSING = object()

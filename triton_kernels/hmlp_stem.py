@@ -10,27 +10,36 @@ convs followed by a LayerNorm over channels, eps 1e-6, for the LN variant):
     token = y (+ pos[n]) ;  optional class-token row at index 0, masked rows = mask_token (+ pos[n])
 
 with j = ky·2 + kx the position of a child in its 2×2 group (the conv kernel index) and
-child_j(t) = (2·ty + j // 2, 2·tx + j % 2). gelu is exact (erf). The 16/4/1 intermediates of a patch live in
-registers only; the kernel never writes them.
+child_j(t) = (2·ty + j // 2, 2·tx + j % 2). gelu is exact (erf). The 16/4/1 intermediates of a patch stay on chip
+(registers and shared memory); the kernel never writes them to memory.
 
-Kernel design. One program takes BLOCK_P patches (rows). The 2×2 regrouping needs no in-register reshape: the
-program loops over the 4 stage-3 children t (unrolled) and, inside, over the 4 stage-2 children j (a runtime loop),
-loading for every patch of the block the sub-patch child_j(t) as a (BLOCK_P, 16C) tile straight from the image
-(im2col by address arithmetic, any strides: NCHW or channels-last), so each stage is a plain tl.dot with M = BLOCK_P.
-The hidden width C4 is held as two power-of-two column tiles C4A + C4B (192 = 128 + 64, 96 = 64 + 32,
-256 = 128 + 128; `split_hidden`), so nothing is padded for ViT-S/B/L and each staged weight tile is at most
-C4A × C4A; every "dot" below is 2 (stage 1, stage 3) or 4 (stage 2) tl.dot over those parts:
+Kernel design. One program takes BLOCK_P patches. The 2×2 regrouping needs no in-register reshape: the program
+loops over the 4 stage-3 children t (unrolled) and, inside, over the 4 stage-2 children j (a runtime loop), loading
+for every patch of the block the sub-patch child_j(t) as a (16C, BLOCK_P) tile straight from the image (im2col by
+address arithmetic, any strides: NCHW or channels-last). Every GEMM is computed transposed, channels × patches:
+the weights are the MMA's A operand (M = output channels) and the activations its B operand (N = BLOCK_P):
 
-    16×  (BLOCK_P, K1P) @ (K1P, C4)      stage 1   (K1P = 16C padded to a power of two: 48 -> 64)
-    16×  (BLOCK_P, C4)  @ (C4, C4)       stage 2   accumulated over j with the weight slice W2[:, :, j]
-     4×  (BLOCK_P, C4)  @ (C4, BLOCK_E)  stage 3   per E chunk, accumulated over t with W3[:, :, t]
+    16×  (C4, K1P) @ (K1P, BLOCK_P)        stage 1   (K1P = 16C padded to a power of two: 48 -> 64)
+    16×  (C4, C4)  @ (C4, BLOCK_P)         stage 2   accumulated over j with the weight slice W2[:, :, j]
+     4×  (BLOCK_E, C4) @ (C4, BLOCK_P)     stage 3   per E chunk, accumulated over t with W3[:, :, t]
 
-The four h2 tiles (BLOCK_P, C4) stay in registers while stage 3 walks E in chunks of BLOCK_E. Padded channels
-(tiny E only) have zero weights, biases and LN parameters, so they stay exactly 0 through every norm and GELU.
-The LN of stage 3 spans all E chunks: with one chunk it is done in registers; with several, pass 1 writes
-d = y − μ' into the output rows, where μ' = Σ_t h2[t]·mean_o(W3[o, :, t]) + mean(b3) is the exact (linear) channel
-mean known before any chunk, accumulating Σd and Σd² (no E[y²] − E[y]² cancellation: d is already centred), and
-pass 2 re-reads d (the program's own rows, hot in L2) and writes ((d − mean d)·rstd)·g + b (+ pos).
+Why transposed: Hopper's wgmma reads B from shared memory, and Triton keeps a computed A operand in registers in a
+layout every warpgroup holds in full. With patches as M, the four h2 tiles (then the A operand of stage 3) sit in
+registers through the whole E loop (4·64·C4·2 B / 128 threads = 192 registers per thread at BLOCK_P = 64,
+E = 768), and every per-channel vector (biases, LN parameters) costs a register per column a thread owns (32 per
+128 channels): the 64-row configs of that layout spilled 0.5-2 KB per thread. As B operands the activations go to
+shared memory (h2[t] right after it is computed), per-channel vectors are per-row (2 registers), and M is at least
+64 for any BLOCK_P, so every config gets wgmma. The hidden width C4 is held as two power-of-two row tiles
+C4A + C4B (192 = 128 + 64, 96 = 64 + 32, 256 = 128 + 128; `split_hidden`), so nothing is padded for ViT-S/B/L; every
+"dot" above is 2 (stages 1, 3) or 4 (stage 2) tl.dot over those parts.
+
+Stage 3 walks E in chunks of BLOCK_E; its (BLOCK_E, BLOCK_P) result is transposed back to token rows for the
+epilogue. Padded channels (tiny E only) have zero weights, biases and LN parameters, so they stay exactly 0 through
+every norm and GELU. The LN of stage 3 spans all E chunks: with one chunk it is done in registers; with several,
+pass 1 writes d = y − μ' into the output rows, where μ' = Σ_t h2[t]·mean_o(W3[o, :, t]) + mean(b3) is the exact
+(linear) channel mean known before any chunk (accumulated right after each h2[t]), accumulating Σd and Σd² (no
+E[y²] − E[y]² cancellation: d is already centred), and pass 2 re-reads d (the program's own rows, hot in L2) and
+writes ((d − mean d)·rstd)·g + b (+ pos).
 
 Masking (patches never mix, so masking before or after the stem is the same): the program's rows are gathered
 through an index tensor. MAE: rows are the (B, N_vis) visible indices, output (B, [1+]N_vis, E), work ∝ N_vis.
@@ -44,7 +53,13 @@ Cost per patch: MACs = 16·16C·C4 + 4·4·C4·C4 + 4·C4·E = 192E + E² + E² 
     Executed (K1P = 64 pads stage 1 only): 16·64·192 + 16·192² + 4·192·768 = 1.38 MMAC per patch (+4 %).
 Bytes: image B·C·H·W·s_img in + tokens B·N·E·s_out out (+ pos N·E once, L2-resident) (+ 2·B·N·E·s_out of L2
 traffic for LN with several E chunks). ViT-B, batch 256, 224 px, fp32 image, bf16 tokens: 154 MB + 77 MB;
-133 GFLOP -> ~580 FLOP/B: compute bound on H100 (see bench/notes/hmlp_stem.md).
+133 GFLOP -> ~580 FLOP/B: compute bound on H100 (see bench/notes/hmlp_stem.md). Each program also re-reads all
+the weights from L2 (2.4 MB at E = 768: W2 once per (t, j), W3 once per chunk), ~37 KB per patch at BLOCK_P = 64
+and 4× that at 16: what makes the 64-patch tile worth keeping (a prediction; see the notes).
+
+Programmatic dependent launch (TTF_TRITON_PDL=1 on sm_90+, see _common): the row index math and the stage-1
+weights come before gdc_wait(), which precedes every read of the images (and, masked, of the row indices / mask)
+and every store; gdc_launch_dependents() follows the last image read (end of stages 1-2).
 """
 from __future__ import annotations
 
@@ -56,7 +71,8 @@ import triton
 import triton.language as tl
 
 from ._common import (FLOAT_DTYPES, autotuned, check_out, check_same_device, check_tensor, device_guard,
-                      launch_choice, next_power_of_2, register_op, skip_launch, wrap_triton)
+                      gdc_launch_dependents, gdc_wait, launch_choice, next_power_of_2, pdl_enabled, pdl_launch_kwargs,
+                      register_op, skip_launch, wrap_triton)
 
 __all__ = ["HMLPStemWeights", "prepare_hmlp_stem", "hmlp_stem", "hmlp_stem_ref", "resolve_masking", "split_hidden"]
 
@@ -93,23 +109,38 @@ def _ln_rows(y, w, b, col_ok, n, eps):
 
 
 @triton.jit
-def _ln_pair(ya, yb, wa, ba, wb, bb, ok_a, ok_b, n, eps):
-    """LayerNorm over the valid columns of a row split in two tiles ya (R, CA), yb (R, CB), fp32."""
-    mean = (tl.sum(tl.where(ok_a[None, :], ya, 0.0), 1) + tl.sum(tl.where(ok_b[None, :], yb, 0.0), 1)) / n
-    da = tl.where(ok_a[None, :], ya - mean[:, None], 0.0)
-    db = tl.where(ok_b[None, :], yb - mean[:, None], 0.0)
-    rstd = 1.0 / tl.sqrt((tl.sum(da * da, 1) + tl.sum(db * db, 1)) / n + eps)
-    return (da * rstd[:, None] * wa[None, :] + ba[None, :]), (db * rstd[:, None] * wb[None, :] + bb[None, :])
+def _ln_pair(ya, yb, wa, ba, wb, bb, n: tl.constexpr, eps):
+    """LayerNorm over the n valid channels of the columns of two tiles ya (CA, R), yb (CB, R), fp32: channels along
+    axis 0 (the transposed layout of stages 1-2), so the per-channel parameters are per-row vectors. Channels past
+    n (zero-padded weights, biases and parameters) come out 0."""
+    if ya.shape[0] + yb.shape[0] > n:
+        ok_a = tl.arange(0, ya.shape[0]) < n
+        ok_b = ya.shape[0] + tl.arange(0, yb.shape[0]) < n
+        mean = (tl.sum(tl.where(ok_a[:, None], ya, 0.0), 0) + tl.sum(tl.where(ok_b[:, None], yb, 0.0), 0)) / n
+        da = tl.where(ok_a[:, None], ya - mean[None, :], 0.0)
+        db = tl.where(ok_b[:, None], yb - mean[None, :], 0.0)
+    else:  # no padding (ViT-S/B/L): no masks
+        mean = (tl.sum(ya, 0) + tl.sum(yb, 0)) / n
+        da = ya - mean[None, :]
+        db = yb - mean[None, :]
+    rstd = 1.0 / tl.sqrt((tl.sum(da * da, 0) + tl.sum(db * db, 0)) / n + eps)
+    return (da * rstd[None, :] * wa[:, None] + ba[:, None]), (db * rstd[None, :] * wb[:, None] + bb[:, None])
 
 
 @triton.jit
 def _patch_rows(pid, R, S, N, idx_ptr, s_xb, s_xs, mask_ptr, s_mb, s_mn,
-                HAS_IDX: tl.constexpr, BEIT: tl.constexpr, BLOCK_P: tl.constexpr):
-    """Rows of this program -> (sample b int64, row-in-sample v, patch number n, row valid, row visible)."""
+                HAS_IDX: tl.constexpr, BEIT: tl.constexpr, BLOCK_P: tl.constexpr, USE_PDL: tl.constexpr):
+    """Rows of this program -> (sample b int64, row-in-sample v, patch number n, row valid, row visible).
+
+    With USE_PDL and masking, waits for the previous kernel before reading the row indices / mask: BEiT's row order
+    is a torch.sort of the mask launched just before, and MAE indices may come from a kernel too. Unmasked rows are
+    index math only; their kernels wait later, before the first read of the images."""
     rows = pid * BLOCK_P + tl.arange(0, BLOCK_P)
     row_ok = rows < R
     b = (rows // S).to(tl.int64)
     v = rows % S
+    if USE_PDL and (HAS_IDX or BEIT):
+        gdc_wait()
     if HAS_IDX:
         n = tl.load(idx_ptr + b * s_xb + v * s_xs, mask=row_ok, other=0).to(tl.int32)
         row_ok = row_ok & (n >= 0) & (n < N)  # out-of-range indices: row skipped, never an illegal address
@@ -138,80 +169,92 @@ def _token_rows(out_ptr, b, v, n, s_ob, s_on, HAS_CLS: tl.constexpr, BEIT: tl.co
 
 
 @triton.jit
-def _hmlp_stage12(img_ptr, img_rows, pix, k_ok, vis, w1a, w1b, b1a, b1b, w2_ptr, b2_ptr, lnw_ptr, lnb_ptr, eps,
+def _hmlp_stage12(img_ptr, img_rows, pix, w1a, w1b, b1_ptr, w2_ptr, b2_ptr, lnw_ptr, lnb_ptr, eps,
                   s_ih, s_iw,
                   T: tl.constexpr, C4: tl.constexpr, C4A: tl.constexpr, C4B: tl.constexpr, IS_LN: tl.constexpr,
                   DOT_PREC: tl.constexpr, BLOCK_P: tl.constexpr):
-    """h2[T] of every patch in the block, as its two channel parts (BLOCK_P, C4A), (BLOCK_P, C4B), compute dtype."""
+    """h2[T]ᵀ of every patch in the block (channels × patches), as its two channel parts (C4A, BLOCK_P) and
+    (C4B, BLOCK_P), compute dtype. w1a (C4A, K1P), w1b (C4B, K1P): the stage-1 weight parts, loaded once."""
     DT = w1a.dtype
     C4T = C4A + C4B
     ca = tl.arange(0, C4A)
     cb = C4A + tl.arange(0, C4B)
-    ok_a = ca < C4
-    ok_b = cb < C4
-    if IS_LN:
-        l1wa = tl.load(lnw_ptr + ca)
-        l1wb = tl.load(lnw_ptr + cb)
-        l1ba = tl.load(lnb_ptr + ca)
-        l1bb = tl.load(lnb_ptr + cb)
-    acc_a = tl.zeros((BLOCK_P, C4A), dtype=tl.float32)
-    acc_b = tl.zeros((BLOCK_P, C4B), dtype=tl.float32)
+    acc_a = tl.zeros((C4A, BLOCK_P), dtype=tl.float32)
+    acc_b = tl.zeros((C4B, BLOCK_P), dtype=tl.float32)
     # a runtime loop: unrolling it (static_range) quadruples the code and the compile time (~1 min per config)
     for j in range(4):
         sy = 2 * (T // 2) + j // 2
         sx = 2 * (T % 2) + j % 2
-        x = tl.load(img_ptr + img_rows[:, None] + (4 * sy) * s_ih + (4 * sx) * s_iw + pix[None, :],
-                    mask=vis[:, None] & k_ok[None, :], other=0.0).to(DT)
-        ha = tl.dot(x, w1a, input_precision=DOT_PREC) + b1a[None, :]
-        hb = tl.dot(x, w1b, input_precision=DOT_PREC) + b1b[None, :]
+        # Unmasked: every address is valid (see img_rows, pix in the kernel), and a column (patch) never mixes
+        # with another, so what a padded or invisible column reads only reaches outputs nobody stores. The
+        # sub-patch offset joins the per-column vector before the broadcast: a (K1P, BLOCK_P) pointer tensor
+        # independent of j would be hoisted out of the loops and hold 32 registers through all of stages 1-2.
+        xt = tl.load(img_ptr + pix[:, None] + (img_rows + ((4 * sy) * s_ih + (4 * sx) * s_iw))[None, :]).to(DT)
+        # BN: part a goes through GELU and its two stage-2 dots before part b is computed, so one fp32 stage-1
+        # tile at a time is live next to the stage-2 accumulators; the LN statistics need both parts first.
+        ha = tl.dot(w1a, xt, input_precision=DOT_PREC) + tl.load(b1_ptr + ca)[:, None]
         if IS_LN:
-            ha, hb = _ln_pair(ha, hb, l1wa, l1ba, l1wb, l1bb, ok_a, ok_b, C4, eps)
+            hb = tl.dot(w1b, xt, input_precision=DOT_PREC) + tl.load(b1_ptr + cb)[:, None]
+            ha, hb = _ln_pair(ha, hb, tl.load(lnw_ptr + ca), tl.load(lnb_ptr + ca), tl.load(lnw_ptr + cb),
+                              tl.load(lnb_ptr + cb), C4, eps)
+            hb = _gelu(hb).to(DT)
         ha = _gelu(ha).to(DT)
-        hb = _gelu(hb).to(DT)
-        w2 = w2_ptr + j * C4T * C4T
-        acc_a = tl.dot(ha, tl.load(w2 + ca[:, None] * C4T + ca[None, :]), acc_a, input_precision=DOT_PREC)
-        acc_a = tl.dot(hb, tl.load(w2 + cb[:, None] * C4T + ca[None, :]), acc_a, input_precision=DOT_PREC)
-        acc_b = tl.dot(ha, tl.load(w2 + ca[:, None] * C4T + cb[None, :]), acc_b, input_precision=DOT_PREC)
-        acc_b = tl.dot(hb, tl.load(w2 + cb[:, None] * C4T + cb[None, :]), acc_b, input_precision=DOT_PREC)
-    acc_a += tl.load(b2_ptr + ca)[None, :]
-    acc_b += tl.load(b2_ptr + cb)[None, :]
+        w2 = w2_ptr + j * C4T * C4T  # W2[j] (out, in)
+        acc_a = tl.dot(tl.load(w2 + ca[:, None] * C4T + ca[None, :]), ha, acc_a, input_precision=DOT_PREC)
+        acc_b = tl.dot(tl.load(w2 + cb[:, None] * C4T + ca[None, :]), ha, acc_b, input_precision=DOT_PREC)
+        if not IS_LN:
+            hb = tl.dot(w1b, xt, input_precision=DOT_PREC) + tl.load(b1_ptr + cb)[:, None]
+            hb = _gelu(hb).to(DT)
+        acc_a = tl.dot(tl.load(w2 + ca[:, None] * C4T + cb[None, :]), hb, acc_a, input_precision=DOT_PREC)
+        acc_b = tl.dot(tl.load(w2 + cb[:, None] * C4T + cb[None, :]), hb, acc_b, input_precision=DOT_PREC)
+    acc_a += tl.load(b2_ptr + ca)[:, None]
+    acc_b += tl.load(b2_ptr + cb)[:, None]
     if IS_LN:
         acc_a, acc_b = _ln_pair(acc_a, acc_b, tl.load(lnw_ptr + C4T + ca), tl.load(lnb_ptr + C4T + ca),
-                                tl.load(lnw_ptr + C4T + cb), tl.load(lnb_ptr + C4T + cb), ok_a, ok_b, C4, eps)
+                                tl.load(lnw_ptr + C4T + cb), tl.load(lnb_ptr + C4T + cb), C4, eps)
     return _gelu(acc_a).to(DT), _gelu(acc_b).to(DT)
 
 
 @triton.jit
-def _w3_dot(h, w3_ptr, rows, offs_e, e_ok, acc, E: tl.constexpr, DOT_PREC: tl.constexpr):
-    w = tl.load(w3_ptr + rows[:, None] * E + offs_e[None, :], mask=e_ok[None, :], other=0.0)
-    return tl.dot(h, w, acc, input_precision=DOT_PREC)
+def _w3_dot(h, w3_ptr, cols, offs_e, e_ok, acc, C4T: tl.constexpr, DOT_PREC: tl.constexpr):
+    """acc (BLOCK_E, BLOCK_P) += W3[t][offs_e, cols] @ h: a (BLOCK_E, C4x) slice of W3[t] (out, in) times h2[t]ᵀ."""
+    w = tl.load(w3_ptr + offs_e[:, None] * C4T + cols[None, :], mask=e_ok[:, None], other=0.0)
+    return tl.dot(w, h, acc, input_precision=DOT_PREC)
 
 
 @triton.jit
 def _hmlp_stage3(h0a, h0b, h1a, h1b, h2a, h2b, h3a, h3b, w3_ptr, e0,
                  E: tl.constexpr, C4A: tl.constexpr, C4B: tl.constexpr, DOT_PREC: tl.constexpr,
                  BLOCK_P: tl.constexpr, BLOCK_E: tl.constexpr):
-    """Σ_t h2[t] @ W3[t][:, e0:e0+BLOCK_E] -> (BLOCK_P, BLOCK_E) fp32, plus the chunk's columns and their mask."""
+    """Σ_t W3[t][e0:e0+BLOCK_E] @ h2[t]ᵀ, returned as (BLOCK_P, BLOCK_E) fp32 (patches × channels, the layout of the
+    output rows), plus the chunk's columns and their mask."""
     C4T = C4A + C4B
     offs_e = e0 + tl.arange(0, BLOCK_E)
     e_ok = offs_e < E
     ca = tl.arange(0, C4A)
     cb = C4A + tl.arange(0, C4B)
-    acc = tl.zeros((BLOCK_P, BLOCK_E), dtype=tl.float32)
-    acc = _w3_dot(h0a, w3_ptr, ca, offs_e, e_ok, acc, E, DOT_PREC)
-    acc = _w3_dot(h0b, w3_ptr, cb, offs_e, e_ok, acc, E, DOT_PREC)
-    acc = _w3_dot(h1a, w3_ptr + C4T * E, ca, offs_e, e_ok, acc, E, DOT_PREC)
-    acc = _w3_dot(h1b, w3_ptr + C4T * E, cb, offs_e, e_ok, acc, E, DOT_PREC)
-    acc = _w3_dot(h2a, w3_ptr + 2 * C4T * E, ca, offs_e, e_ok, acc, E, DOT_PREC)
-    acc = _w3_dot(h2b, w3_ptr + 2 * C4T * E, cb, offs_e, e_ok, acc, E, DOT_PREC)
-    acc = _w3_dot(h3a, w3_ptr + 3 * C4T * E, ca, offs_e, e_ok, acc, E, DOT_PREC)
-    acc = _w3_dot(h3b, w3_ptr + 3 * C4T * E, cb, offs_e, e_ok, acc, E, DOT_PREC)
-    return acc, offs_e, e_ok
+    acc = tl.zeros((BLOCK_E, BLOCK_P), dtype=tl.float32)
+    acc = _w3_dot(h0a, w3_ptr, ca, offs_e, e_ok, acc, C4T, DOT_PREC)
+    acc = _w3_dot(h0b, w3_ptr, cb, offs_e, e_ok, acc, C4T, DOT_PREC)
+    acc = _w3_dot(h1a, w3_ptr + E * C4T, ca, offs_e, e_ok, acc, C4T, DOT_PREC)
+    acc = _w3_dot(h1b, w3_ptr + E * C4T, cb, offs_e, e_ok, acc, C4T, DOT_PREC)
+    acc = _w3_dot(h2a, w3_ptr + 2 * E * C4T, ca, offs_e, e_ok, acc, C4T, DOT_PREC)
+    acc = _w3_dot(h2b, w3_ptr + 2 * E * C4T, cb, offs_e, e_ok, acc, C4T, DOT_PREC)
+    acc = _w3_dot(h3a, w3_ptr + 3 * E * C4T, ca, offs_e, e_ok, acc, C4T, DOT_PREC)
+    acc = _w3_dot(h3b, w3_ptr + 3 * E * C4T, cb, offs_e, e_ok, acc, C4T, DOT_PREC)
+    return tl.trans(acc), offs_e, e_ok
 
 
 @triton.jit
-def _row_mean_w3(mu, h, w3m_ptr, cols):
-    return mu + tl.sum(h.to(tl.float32) * tl.load(w3m_ptr + cols)[None, :], 1)
+def _row_mean_w3(mu, ha, hb, w3m_ptr, C4A: tl.constexpr, C4B: tl.constexpr, ON: tl.constexpr):
+    """mu + child t's term of the stage-3 channel mean μ', Σ_c h2[t]ᵀ[c, :]·mean_o W3[t][o, c] (ON: the two-pass LN
+    needs μ'; otherwise mu as is). Taken right after each stage-1/2 call, while h2[t] is still in registers."""
+    if ON:
+        ca = tl.arange(0, C4A)
+        cb = C4A + tl.arange(0, C4B)
+        mu += tl.sum(ha.to(tl.float32) * tl.load(w3m_ptr + ca)[:, None], 0)
+        mu += tl.sum(hb.to(tl.float32) * tl.load(w3m_ptr + cb)[:, None], 0)
+    return mu
 
 
 @triton.jit
@@ -241,11 +284,11 @@ def _write_extra_rows(out_ptr, out_rows, b, v, n, row_ok, vis, cls_ptr, mtok_ptr
 def _hmlp_stem_kernel(
     # pointers
     img_ptr,    # (B, C, H, W) images, any strides, any float dtype
-    w1_ptr,     # (K1P, C4T) stage 1, row k = c·16 + ky·4 + kx; zero rows k >= 16C, zero cols >= C4
+    w1_ptr,     # (C4T, K1P) stage 1 (out, in), column k = c·16 + ky·4 + kx; zero columns k >= 16C, rows >= C4
     b1_ptr,     # (C4T,) fp32
-    w2_ptr,     # (4, C4T, C4T) stage 2, [j = ky·2 + kx, in, out]
+    w2_ptr,     # (4, C4T, C4T) stage 2, [j = ky·2 + kx, out, in]
     b2_ptr,     # (C4T,) fp32
-    w3_ptr,     # (4, C4T, E) stage 3, [t = ky·2 + kx, in, out]
+    w3_ptr,     # (4, E, C4T) stage 3, [t = ky·2 + kx, out, in]
     b3_ptr,     # (E,) fp32
     lnw_ptr,    # (2, C4T) fp32 LN gains of stages 1, 2 (IS_LN)
     lnb_ptr,    # (2, C4T) fp32 LN biases of stages 1, 2 (IS_LN)
@@ -271,12 +314,12 @@ def _hmlp_stem_kernel(
     K1P: tl.constexpr,
     IS_LN: tl.constexpr, HAS_POS: tl.constexpr, HAS_CLS: tl.constexpr, HAS_IDX: tl.constexpr, BEIT: tl.constexpr,
     DOT_PREC: tl.constexpr,
+    USE_PDL: tl.constexpr,  # launched with programmatic dependent launch (see _common.pdl_enabled)
     BLOCK_P: tl.constexpr, BLOCK_E: tl.constexpr,
 ):
     pid = tl.program_id(0)
     b, v, n, row_ok, vis = _patch_rows(pid, R, S, N, idx_ptr, s_xb, s_xs, mask_ptr, s_mb, s_mn,
-                                       HAS_IDX, BEIT, BLOCK_P)
-    out_rows = _token_rows(out_ptr, b, v, n, s_ob, s_on, HAS_CLS, BEIT)  # (BLOCK_P,) row pointers
+                                       HAS_IDX, BEIT, BLOCK_P, USE_PDL)
     OUT_DT = out_ptr.dtype.element_ty
 
     n_vis = tl.sum(vis.to(tl.int32), 0)
@@ -284,36 +327,43 @@ def _hmlp_stem_kernel(
         C4T = C4A + C4B
         py = n // WP
         px = n % WP
-        img_rows = b * s_ib + (py * 16).to(tl.int64) * s_ih + (px * 16).to(tl.int64) * s_iw  # 16 = PATCH
+        # Image offsets of the patches (16 = PATCH) and of the pixels of a 4×4 sub-patch, valid for every column and
+        # row: rows past R take sample 0, the K padding (k >= 16·C_IN, zero weights) repeats channel 0.
+        img_rows = tl.where(row_ok, b, 0) * s_ib + (py * 16).to(tl.int64) * s_ih + (px * 16).to(tl.int64) * s_iw
         kk = tl.arange(0, K1P)
-        k_ok = kk < 16 * C_IN
-        pix = (kk // 16) * s_ic + ((kk // 4) % 4) * s_ih + (kk % 4) * s_iw
+        kc = kk % (16 * C_IN)
+        pix = (kc // 16) * s_ic + ((kc // 4) % 4) * s_ih + (kc % 4) * s_iw
         ca = tl.arange(0, C4A)
         cb = C4A + tl.arange(0, C4B)
-        w1a = tl.load(w1_ptr + kk[:, None] * C4T + ca[None, :])
-        w1b = tl.load(w1_ptr + kk[:, None] * C4T + cb[None, :])
-        b1a = tl.load(b1_ptr + ca)
-        b1b = tl.load(b1_ptr + cb)
-        h0a, h0b = _hmlp_stage12(img_ptr, img_rows, pix, k_ok, vis, w1a, w1b, b1a, b1b, w2_ptr, b2_ptr, lnw_ptr,
+        w1a = tl.load(w1_ptr + ca[:, None] * K1P + kk[None, :])
+        w1b = tl.load(w1_ptr + cb[:, None] * K1P + kk[None, :])
+        if USE_PDL:
+            # A stem is the first kernel of a forward, but its images may be written by a copy or cast just before
+            # it, and the output may be memory that kernel still reads: the index math and the stage-1 weights
+            # above overlap its tail, every image load and every store comes after this.
+            gdc_wait()
+        two_pass = IS_LN and E > BLOCK_E  # a constexpr
+        mu = tl.zeros((BLOCK_P,), dtype=tl.float32) + b3_mean
+        h0a, h0b = _hmlp_stage12(img_ptr, img_rows, pix, w1a, w1b, b1_ptr, w2_ptr, b2_ptr, lnw_ptr,
                                  lnb_ptr, eps, s_ih, s_iw, 0, C4, C4A, C4B, IS_LN, DOT_PREC, BLOCK_P)
-        h1a, h1b = _hmlp_stage12(img_ptr, img_rows, pix, k_ok, vis, w1a, w1b, b1a, b1b, w2_ptr, b2_ptr, lnw_ptr,
+        mu = _row_mean_w3(mu, h0a, h0b, w3m_ptr, C4A, C4B, two_pass)
+        h1a, h1b = _hmlp_stage12(img_ptr, img_rows, pix, w1a, w1b, b1_ptr, w2_ptr, b2_ptr, lnw_ptr,
                                  lnb_ptr, eps, s_ih, s_iw, 1, C4, C4A, C4B, IS_LN, DOT_PREC, BLOCK_P)
-        h2a, h2b = _hmlp_stage12(img_ptr, img_rows, pix, k_ok, vis, w1a, w1b, b1a, b1b, w2_ptr, b2_ptr, lnw_ptr,
+        mu = _row_mean_w3(mu, h1a, h1b, w3m_ptr + C4T, C4A, C4B, two_pass)
+        h2a, h2b = _hmlp_stage12(img_ptr, img_rows, pix, w1a, w1b, b1_ptr, w2_ptr, b2_ptr, lnw_ptr,
                                  lnb_ptr, eps, s_ih, s_iw, 2, C4, C4A, C4B, IS_LN, DOT_PREC, BLOCK_P)
-        h3a, h3b = _hmlp_stage12(img_ptr, img_rows, pix, k_ok, vis, w1a, w1b, b1a, b1b, w2_ptr, b2_ptr, lnw_ptr,
+        mu = _row_mean_w3(mu, h2a, h2b, w3m_ptr + 2 * C4T, C4A, C4B, two_pass)
+        h3a, h3b = _hmlp_stage12(img_ptr, img_rows, pix, w1a, w1b, b1_ptr, w2_ptr, b2_ptr, lnw_ptr,
                                  lnb_ptr, eps, s_ih, s_iw, 3, C4, C4A, C4B, IS_LN, DOT_PREC, BLOCK_P)
+        mu = _row_mean_w3(mu, h3a, h3b, w3m_ptr + 3 * C4T, C4A, C4B, two_pass)
+        if USE_PDL:
+            gdc_launch_dependents()  # every image read is issued: the next kernel may start its prologue
+        # (BLOCK_P,) output row pointers, formed here rather than with the other index math: 64-bit values not
+        # needed by stages 1-2 would stay live through them
+        out_rows = _token_rows(out_ptr, b, v, n, s_ob, s_on, HAS_CLS, BEIT)
 
-        if IS_LN and E > BLOCK_E:
-            # Several E chunks: two passes through the output rows (see the module docstring).
-            mu = tl.zeros((BLOCK_P,), dtype=tl.float32) + b3_mean
-            mu = _row_mean_w3(mu, h0a, w3m_ptr, ca)
-            mu = _row_mean_w3(mu, h0b, w3m_ptr, cb)
-            mu = _row_mean_w3(mu, h1a, w3m_ptr + C4T, ca)
-            mu = _row_mean_w3(mu, h1b, w3m_ptr + C4T, cb)
-            mu = _row_mean_w3(mu, h2a, w3m_ptr + 2 * C4T, ca)
-            mu = _row_mean_w3(mu, h2b, w3m_ptr + 2 * C4T, cb)
-            mu = _row_mean_w3(mu, h3a, w3m_ptr + 3 * C4T, ca)
-            mu = _row_mean_w3(mu, h3b, w3m_ptr + 3 * C4T, cb)
+        if two_pass:
+            # Several E chunks: two passes through the output rows (see the module docstring); mu = μ'.
             s1 = tl.zeros((BLOCK_P,), dtype=tl.float32)
             s2 = tl.zeros((BLOCK_P,), dtype=tl.float32)
             for e0 in range(0, E, BLOCK_E):
@@ -355,6 +405,9 @@ def _hmlp_stem_kernel(
                 tl.store(out_rows[:, None] + offs_e[None, :], y.to(OUT_DT), mask=m)
 
     if HAS_CLS or BEIT:
+        if USE_PDL:
+            gdc_wait()  # a program whose rows are all masked skipped the wait above (a no-op once waited)
+        out_rows = _token_rows(out_ptr, b, v, n, s_ob, s_on, HAS_CLS, BEIT)
         for e0 in range(0, E, BLOCK_E):
             _write_extra_rows(out_ptr, out_rows, b, v, n, row_ok, vis, cls_ptr, mtok_ptr, pos_ptr, s_ob, s_pn, s_pe,
                               e0, E, HAS_CLS, BEIT, HAS_POS, BLOCK_E)
@@ -363,33 +416,40 @@ def _hmlp_stem_kernel(
 # ---------------------------------------------------------------------------------------------------------------
 # Configurations
 # ---------------------------------------------------------------------------------------------------------------
-# Unmeasured starting points (no GPU has run them yet). Checked only by compiling for sm_90 on a CPU
-# host (tests/test_sm90_compile.py, triton 3.9 ptxas): shared memory for E = 768 is 80 KB (BLOCK_P 16) .. 135 KB
-# (64), for E = 1024 up to 168 KB; the BLOCK_P = 64 / 8-warp config hits 255 registers and spills (E = 768: ~0.8 KB
-# per thread BN, ~2 KB LN), the BLOCK_P = 16 one barely (40 B). The autotuner weighs that on the GPU; if the
-# spilling config loses, drop it. BLOCK_P is the M of every tl.dot: 64 lets Triton use Hopper wgmma, 16/32 get
-# mma.sync. The four h2 tiles cost 4·BLOCK_P·C4·2 B of registers (E = 768: 96 KB at BLOCK_P = 64, spread over 8
-# warps). BLOCK_E bounds the stage-3 accumulator and the W3 slice staged per dot. The kernel is large: each config
-# compiles in ~10-50 s, so the lists are short and picked by row count (like linear.py) instead of one long list.
+# Unmeasured starting points (no GPU has run them yet), checked only by compiling for sm_90 on a CPU host
+# (tests/test_sm90_compile.py; per-config table in bench/notes/hmlp_stem.md). All use 8 warps: the 4-warp versions of
+# the same tiles stage twice the weight bytes per thread and spill. BLOCK_P is the N of every MMA (M is channels,
+# so all get wgmma); BLOCK_E bounds the stage-3 accumulator and the W3 slice staged per dot. At E = 768 (bf16, pos +
+# class token, triton 3.6 and 3.9):
+#   (16, 128, 8): no spills, BN and LN, unmasked, MAE and BEiT; 80 KB of shared memory (96 KB at E = 1024).
+#   (64, 64, 8): BN spills 72-96 B per thread (values kept from the index math to the epilogue), LN 0.34-0.36 KB
+#   (its per-patch statistics cost 16 registers each at 64 patches); 152 KB (184 KB at E = 1024). Kept as an
+#   autotune candidate of the large-batch list, not as its first config: it re-reads the 2.4 MB of weights from
+#   L2 once per 64 patches instead of once per 16, which is predicted to matter more than its spills; the GPU
+#   autotuner decides. No 32-patch tile: it spills under LN too (0.1-0.3 KB) without the 64-patch weight reuse.
+# The first config of each list (what runs with TTF_TRITON_AUTOTUNE=0) is spill-free. The kernel is large (10-50 s
+# per config to compile), so the lists are short and picked by row count (like linear.py).
 def _config(bp, be, warps, stages=1):
     return triton.Config({"BLOCK_P": bp, "BLOCK_E": be}, num_warps=warps, num_stages=stages)
 
 
-# Spills per config (sm_90 compile, E = 768): bench/notes/hmlp_stem.md. The 4-warp 64-row tile spills 2.7-3.8 KB
-# per thread, so the third large-batch candidate is the 32-row one (88 B BN / 0.9 KB LN, mma.sync).
-_CONFIGS_LARGE = [_config(64, 64, 8), _config(64, 128, 8), _config(32, 64, 4)]
-_CONFIGS_SMALL = [_config(16, 128, 4), _config(32, 128, 4)]
+_CONFIGS_LARGE = [_config(16, 128, 8), _config(64, 64, 8)]
+_CONFIGS_SMALL = [_config(16, 128, 8)]
 #: Row counts (patches computed) at or below this use the small-tile list: ~10 images at 224 px.
 SMALL_R = 2048
 _KEY = ["R", "E", "C4", "IS_LN", "BEIT"]
 _hmlp_stem_kernel_large = autotuned(_hmlp_stem_kernel, _CONFIGS_LARGE, _KEY)
 _hmlp_stem_kernel_small = autotuned(_hmlp_stem_kernel, _CONFIGS_SMALL, _KEY)
 
-#: fp32 weights (the accuracy path: IEEE dots on CUDA cores, no tensor cores): one config, no autotuning. The
-#: 16-bit lists do not fit (BLOCK_P 64 in fp32 needs 304 KB of shared memory, over the 227 KB limit) and every
-#: fp32 variant takes 1-2 min to compile; this one uses 160 KB at E = 768 (sm_90 compile check) and spills heavily:
-#: slow, but exact.
+#: fp32 weights (the accuracy path: IEEE dots on CUDA cores, no tensor cores): one config, no autotuning. Every
+#: fp32 variant takes 1-2 min to compile; this one uses 160 KB of shared memory at E = 768 (sm_90 compile check)
+#: and spills (0.6-2.6 KB per thread): slow, but exact.
 _FP32_META = {"BLOCK_P": 16, "BLOCK_E": 64, "num_warps": 4, "num_stages": 1}
+
+#: A triton.Config to launch instead of the launcher's choice, on the GPU and under the interpreter alike (its
+#: BLOCK_P / BLOCK_E, warps and stages, no autotuning): tests and config sweeps set it to run each config of the
+#: lists above. None: the normal choice (`launch_choice`).
+_FORCED_CONFIG: Optional[triton.Config] = None
 
 #: The single config used under the interpreter (autotuning there would re-run the interpreted kernel per config).
 #: Tests lower BLOCK_E to exercise the several-chunk paths at tiny E.
@@ -407,11 +467,11 @@ class HMLPStemWeights:
     in_chans: int
     embed_dim: int
     hidden: int                # C4 = E/4
-    w1: torch.Tensor           # (K1P, C4T) compute dtype; C4T = C4A + C4B = sum(split_hidden(C4))
+    w1: torch.Tensor           # (C4T, K1P) compute dtype; C4T = C4A + C4B = sum(split_hidden(C4))
     b1: torch.Tensor           # (C4T,) fp32
     w2: torch.Tensor           # (4, C4T, C4T) compute dtype
     b2: torch.Tensor           # (C4T,) fp32
-    w3: torch.Tensor           # (4, C4T, E) compute dtype
+    w3: torch.Tensor           # (4, E, C4T) compute dtype
     b3: torch.Tensor           # (E,) fp32
     ln_w: Optional[torch.Tensor] = None    # (2, C4T) fp32, LN only
     ln_b: Optional[torch.Tensor] = None
@@ -460,9 +520,10 @@ def prepare_hmlp_stem(folded: dict, dtype: torch.dtype = torch.bfloat16,
         z[tuple(slice(0, s) for s in t.shape)] = t
         return z
 
-    p_w1 = pad(w1.reshape(c4, 16 * c_in).t(), (k1p, c4t))                      # [(c, ky, kx), out]
-    p_w2 = pad(w2.permute(2, 3, 1, 0).reshape(4, c4, c4), (4, c4t, c4t))         # [j, in, out]
-    p_w3 = pad(w3.permute(2, 3, 1, 0).reshape(4, c4, e), (4, c4t, e))            # [t, in, out]
+    # (out, in) per conv tap, the A operand of the kernel's transposed GEMMs: in-features contiguous
+    p_w1 = pad(w1.reshape(c4, 16 * c_in), (c4t, k1p))                          # [out, (c, ky, kx)]
+    p_w2 = pad(w2.permute(2, 3, 0, 1).reshape(4, c4, c4), (4, c4t, c4t))         # [j, out, in]
+    p_w3 = pad(w3.permute(2, 3, 0, 1).reshape(4, e, c4), (4, e, c4t))            # [t, out, in]
     w3_lp = p_w3.to(dtype)
     fp32 = dict(dtype=torch.float32, device=device)
     out = dict(
@@ -481,7 +542,7 @@ def prepare_hmlp_stem(folded: dict, dtype: torch.dtype = torch.bfloat16,
             ln3_w=folded["ln3_w"].to(f64).to(**fp32).contiguous(),
             ln3_b=folded["ln3_b"].to(f64).to(**fp32).contiguous(),
             # channel mean of stage 3 as a linear map of h2, from the weights the kernel actually multiplies
-            w3_mean=w3_lp.to(f64).mean(dim=2).to(**fp32).contiguous(),
+            w3_mean=w3_lp.to(f64).mean(dim=1).to(**fp32).contiguous(),
             b3_mean=float(folded["b3"].to(f64).to(torch.float32).to(f64).mean()),
             eps=float(folded.get("eps", 1e-6)),
         )
@@ -600,7 +661,7 @@ def row_order(mask: Optional[torch.Tensor], visible_idx: Optional[torch.Tensor])
 def _hmlp_stem_launch(images, w1, b1, w2, b2, w3, b3, ln_w, ln_b, ln3_w, ln3_b, w3_mean, b3_mean, eps, hidden,
                       pos, cls, visible_idx, mask, mask_token, out) -> None:
     B, C, H, W = images.shape
-    E = w3.shape[-1]
+    E = w3.shape[1]
     Hp, Wp = H // PATCH, W // PATCH
     N = Hp * Wp
     idx, mask_u8 = row_order(mask, visible_idx)
@@ -620,10 +681,16 @@ def _hmlp_stem_launch(images, w1, b1, w2, b2, w3, b3, ln_w, ln_b, ln3_w, ln3_b, 
     def grid(meta):
         return (triton.cdiv(R, meta["BLOCK_P"]),)
 
-    kernel, meta = launch_choice(_hmlp_stem_kernel,
-                                 _hmlp_stem_kernel_small if R <= SMALL_R else _hmlp_stem_kernel_large,
-                                 interpreter_meta=_INTERPRETER_META, fp32_meta=_FP32_META,
-                                 fp32=w1.dtype == torch.float32)
+    if _FORCED_CONFIG is not None:
+        forced = _FORCED_CONFIG
+        kernel, meta = _hmlp_stem_kernel, {**forced.kwargs, "num_warps": forced.num_warps,
+                                           "num_stages": forced.num_stages}
+    else:
+        kernel, meta = launch_choice(_hmlp_stem_kernel,
+                                     _hmlp_stem_kernel_small if R <= SMALL_R else _hmlp_stem_kernel_large,
+                                     interpreter_meta=_INTERPRETER_META, fp32_meta=_FP32_META,
+                                     fp32=w1.dtype == torch.float32)
+    use_pdl = pdl_enabled(images)
     with device_guard(images):
         wrap_triton(kernel)[grid](
             images, w1, b1, w2, b2, w3, b3,
@@ -638,19 +705,19 @@ def _hmlp_stem_launch(images, w1, b1, w2, b2, w3, b3, ln_w, ln_b, ln3_w, ln3_b, 
             mask_u8.stride(0) if mask_u8 is not None else 0, mask_u8.stride(1) if mask_u8 is not None else 0,
             pos.stride(0) if pos is not None else 0, pos.stride(1) if pos is not None else 0,
             out.stride(0), out.stride(1),
-            C_IN=C, E=E, C4=hidden, C4A=c4a, C4B=c4b, K1P=w1.shape[0],
+            C_IN=C, E=E, C4=hidden, C4A=c4a, C4B=c4b, K1P=w1.shape[1],
             IS_LN=is_ln, HAS_POS=pos is not None, HAS_CLS=cls is not None, HAS_IDX=idx is not None,
-            BEIT=mask is not None, DOT_PREC=precision,
-            **meta,
+            BEIT=mask is not None, DOT_PREC=precision, USE_PDL=use_pdl,
+            **meta, **pdl_launch_kwargs(use_pdl),
         )
 
 
 def _check_weights(w1, b1, w2, b2, w3, b3, ln_w, ln_b, ln3_w, ln3_b, w3_mean, hidden):
     check_tensor(w1, "w1", ndim=2)
-    k1p, c4t = w1.shape
-    E = w3.shape[-1] if isinstance(w3, torch.Tensor) and w3.dim() == 3 else -1
+    c4t, k1p = w1.shape
+    E = w3.shape[1] if isinstance(w3, torch.Tensor) and w3.dim() == 3 else -1
     check_tensor(w2, "w2", ndim=3, shape=(4, c4t, c4t), dtype=w1.dtype)
-    check_tensor(w3, "w3", ndim=3, shape=(4, c4t, None), dtype=w1.dtype)
+    check_tensor(w3, "w3", ndim=3, shape=(4, None, c4t), dtype=w1.dtype)
     for t, name, shape in ((b1, "b1", (c4t,)), (b2, "b2", (c4t,)), (b3, "b3", (E,))):
         check_tensor(t, name, ndim=1, shape=shape, dtype=torch.float32)
     if ln_w is not None:

@@ -17,6 +17,9 @@ Why two-pass instead of E[x²] − E[x]²: ViT residual streams carry a few chan
 "massive activations"), so E[x²] and E[x]² are both large and nearly equal; their difference loses every digit
 that σ² needs in fp32. Because one program holds whole rows, the second pass reads registers, not memory: it is
 free. Rows longer than :data:`MAX_D` would need a chunked Welford/Chan merge; ViT widths (≤ 1280) never do.
+
+Programmatic dependent launch (TTF_TRITON_PDL=1 on sm_90+, see _common): the row/column index math runs before
+gdc_wait(), which precedes the read of x (and every store), and gdc_launch_dependents() follows the reductions.
 """
 from __future__ import annotations
 
@@ -26,7 +29,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (FLOAT_DTYPES, RowStats, check_out, check_tensor, device_guard, next_power_of_2, register_op,
+from ._common import (FLOAT_DTYPES, RowStats, cached_check, check_out, check_tensor, device_guard,
+                      gdc_launch_dependents, gdc_wait, next_power_of_2, pdl_enabled, pdl_launch_kwargs, register_op,
                       skip_launch, wrap_triton)
 
 __all__ = ["normalize", "normalize_ref", "row_stats", "row_stats_ref", "RowStats", "MAX_D"]
@@ -49,6 +53,7 @@ def _normalize_kernel(
     # meta-parameters
     BLOCK_M: tl.constexpr,  # rows per program: small D packs several rows per program to keep lanes busy
     BLOCK_D: tl.constexpr,  # next power of two >= D; the whole row lives in registers
+    USE_PDL: tl.constexpr,  # launched with programmatic dependent launch (see _common.pdl_enabled)
     STATS: tl.constexpr = False,  # write row statistics (μ, Σ(x−μ)²) to y_ptr as (M, 1, 2) fp32 instead of x̂
 ):
     pid = tl.program_id(0)
@@ -58,12 +63,18 @@ def _normalize_kernel(
     col_mask = cols < D
     mask = row_mask[:, None] & col_mask[None, :]
     rows64 = rows.to(tl.int64)  # M·D can exceed 2³¹ for large batches
+    if USE_PDL:
+        # x is written by the previous kernel, and y may be memory that kernel still reads: the index math above
+        # overlaps its tail, every load and store comes after this.
+        gdc_wait()
 
     x = tl.load(x_ptr + rows64[:, None] * stride_xm + cols[None, :], mask=mask, other=0.0).to(tl.float32)
     mean = tl.sum(x, axis=1) / D
     # Padded columns must not contribute (x − μ) to the variance: zero them explicitly.
     xc = tl.where(mask, x - mean[:, None], 0.0)
     m2 = tl.sum(xc * xc, axis=1)
+    if USE_PDL:
+        gdc_launch_dependents()  # x is read: the next kernel may start its prologue (its gdc_wait still waits)
     if STATS:  # one (μ, M2) slot per row, the format `linear(norm=RowStats(...))` merges in its epilogue
         tl.store(y_ptr + rows64 * stride_ym, mean, mask=row_mask)
         tl.store(y_ptr + rows64 * stride_ym + 1, m2, mask=row_mask)
@@ -93,16 +104,19 @@ def _normalize_launch(x2: torch.Tensor, y2: torch.Tensor, eps: float, stats: boo
         return
     block_m, block_d, num_warps = _normalize_meta(D)
     grid = (triton.cdiv(M, block_m),)
+    use_pdl = pdl_enabled(x2)
     with device_guard(x2):
         wrap_triton(_normalize_kernel)[grid](
             x2, y2,
             M, D,
             x2.stride(0), y2.stride(0),
             eps,
-            BLOCK_M=block_m, BLOCK_D=block_d, STATS=stats, num_warps=num_warps,
+            BLOCK_M=block_m, BLOCK_D=block_d, USE_PDL=use_pdl, STATS=stats, num_warps=num_warps,
+            **pdl_launch_kwargs(use_pdl),
         )
 
 
+@cached_check
 def _check_normalize_args(x: torch.Tensor, eps: float, out_dtype: Optional[torch.dtype]) -> torch.dtype:
     check_tensor(x, "x", min_ndim=1)
     D = x.shape[-1]

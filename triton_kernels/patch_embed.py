@@ -14,6 +14,10 @@ Cost: 2·B·N·E·C·p² FLOPs (ViT-B/16 at 224: 196·768·768 = 115.6 MMAC per 
 Bytes: image B·C·H·W·s_img + W E·C·p²·s_w (L2-resident) + tokens B·N·E·s_out.
 ViT-B, batch 256, fp32 image, bf16 tokens: 154 MB + 77 MB and 59 GFLOP: ~256 FLOP/B, near the H100 ridge point —
 the linear stem is about as memory bound as compute bound; the image read dominates the floor (~70 µs).
+
+Programmatic dependent launch (TTF_TRITON_PDL=1 on sm_90+, see _common): as in hmlp_stem, the index math runs
+before gdc_wait(), which precedes every read of the images, row indices or mask and every store;
+gdc_launch_dependents() follows the K loop.
 """
 from __future__ import annotations
 
@@ -24,7 +28,8 @@ import triton
 import triton.language as tl
 
 from ._common import (FLOAT_DTYPES, autotuned, check_out, check_same_device, check_tensor, device_guard,
-                      launch_choice, register_op, skip_launch, wrap_triton)
+                      gdc_launch_dependents, gdc_wait, launch_choice, pdl_enabled, pdl_launch_kwargs, register_op,
+                      skip_launch, wrap_triton)
 from .hmlp_stem import (_flat_pos, _flat_vector, _patch_rows, _select_tokens, _token_rows, _write_extra_rows,
                         check_stem_inputs, resolve_masking, row_order)
 
@@ -56,16 +61,21 @@ def _patch_embed_kernel(
     PATCH: tl.constexpr, E: tl.constexpr, K: tl.constexpr,  # K = C·p², fixed per model: constant trip count
     HAS_BIAS: tl.constexpr, HAS_POS: tl.constexpr, HAS_CLS: tl.constexpr, HAS_IDX: tl.constexpr,
     BEIT: tl.constexpr, DOT_PREC: tl.constexpr,
+    USE_PDL: tl.constexpr,  # launched with programmatic dependent launch (see _common.pdl_enabled)
     BLOCK_P: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     pid = tl.program_id(0)
     pid_e = tl.program_id(1)
     b, v, n, row_ok, vis = _patch_rows(pid, R, S, N, idx_ptr, s_xb, s_xs, mask_ptr, s_mb, s_mn,
-                                       HAS_IDX, BEIT, BLOCK_P)
+                                       HAS_IDX, BEIT, BLOCK_P, USE_PDL)
     out_rows = _token_rows(out_ptr, b, v, n, s_ob, s_on, HAS_CLS, BEIT)
     e0 = pid_e * BLOCK_E
     offs_e = e0 + tl.arange(0, BLOCK_E)
     e_ok = offs_e < E
+    if USE_PDL:
+        # The images may be written by the previous kernel (a copy or cast before the first kernel of a forward),
+        # and the output may be memory it still reads: index math above, every image load and store below.
+        gdc_wait()
 
     n_vis = tl.sum(vis.to(tl.int32), 0)
     if n_vis > 0:
@@ -82,6 +92,8 @@ def _patch_embed_kernel(
             w = tl.load(w_ptr + kk[:, None] * s_wk + offs_e[None, :] * s_we, mask=k_ok[:, None] & e_ok[None, :],
                         other=0.0)
             acc = tl.dot(x.to(DT), w, acc, input_precision=DOT_PREC)
+        if USE_PDL:
+            gdc_launch_dependents()  # every image read is issued: the next kernel may start its prologue
         m = vis[:, None] & e_ok[None, :]
         if HAS_BIAS:
             acc += tl.load(b_ptr + offs_e, mask=e_ok, other=0.0).to(tl.float32)[None, :]
@@ -134,6 +146,7 @@ def _patch_embed_launch(images, weight, bias, patch, pos, cls, visible_idx, mask
 
     kernel, meta = launch_choice(_patch_embed_kernel, _patch_embed_kernel_tuned, interpreter_meta=_INTERPRETER_META,
                                  fp32_meta=_FP32_META, fp32=weight.dtype == torch.float32)
+    use_pdl = pdl_enabled(images)
     with device_guard(images):
         wrap_triton(kernel)[grid](
             images, weight, bias if bias is not None else dummy,
@@ -149,8 +162,8 @@ def _patch_embed_launch(images, weight, bias, patch, pos, cls, visible_idx, mask
             out.stride(0), out.stride(1),
             PATCH=patch, E=E, K=K,
             HAS_BIAS=bias is not None, HAS_POS=pos is not None, HAS_CLS=cls is not None,
-            HAS_IDX=idx is not None, BEIT=mask is not None, DOT_PREC="ieee",
-            **meta,
+            HAS_IDX=idx is not None, BEIT=mask is not None, DOT_PREC="ieee", USE_PDL=use_pdl,
+            **meta, **pdl_launch_kwargs(use_pdl),
         )
 
 
