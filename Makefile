@@ -14,10 +14,10 @@ test: env         ## the test suite (CPU; Triton kernels under the interpreter; 
 	$(PY) -m pytest -q $(ARGS)
 
 test-triton36:    ## the suite again on the GPU image's Triton 3.6 (CPU: interpreter + sm_90 compile), own venv;
-                  ## the C++ engine's tests and the torch-backend property (no Triton in them) run once, in
-                  ## `make test`
+                  ## the C++ engine's tests, the device scripts' dry runs and the torch-backend property (no Triton
+                  ## in them) run once, in `make test`
 	$(MAKE) test TTF_VENV=.venv-triton3.6 TTF_TRITON_SPEC="triton==3.6.0" TTF_NUMPY_SPEC="numpy<2.4" \
-	  ARGS='-m "not engine" --deselect tests/test_properties.py::test_torch_backend_equals_reference $(ARGS)'
+	  ARGS='-m "not engine and not scripts" --deselect tests/test_properties.py::test_torch_backend_equals_reference $(ARGS)'
 
 test-timm:        ## real-timm interop tests (CUDA build of torch 2.14.1 + torchvision, run on the CPU), own venv
 	@TTF_VENV=.venv-cuda TTF_FLAVOUR=cuda scripts/env.sh >/dev/null

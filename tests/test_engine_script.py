@@ -11,7 +11,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "bench" / "engine_gpu.sh"
 
-pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="the dry run is for machines without CUDA")
+pytestmark = [pytest.mark.scripts,
+              pytest.mark.skipif(torch.cuda.is_available(), reason="the dry run is for machines without CUDA")]
 
 
 @pytest.mark.parametrize("mode", [[], ["sanitize"]])
