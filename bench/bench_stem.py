@@ -19,7 +19,7 @@ unpadded, visible work; GB/s = (image bytes + token bytes) / t.
 Order: hmlp_bn and linear on nchw, fused[triton] then reference (the headline pairs), then the variants,
 torch.compile last. The JSON ({"meta", "results"}) is rewritten after every row, so a run cut short by a time limit
 keeps what it measured: meta.complete is true only for a finished run, meta.interrupted after SIGINT / Ctrl-C
-(exit code 130). The one-call GPU suite runs `--batch 64` (and `--no-compile` when little time is left).
+(exit code 130). Typical GPU use: `--batch 64` (and `--no-compile` when little time is left).
 Without CUDA it prints a message and exits 0.
 """
 from __future__ import annotations

@@ -4,6 +4,7 @@
 # Results accumulate in ROWS (markdown table rows: | step | result | seconds |).
 
 ROWS="${ROWS:-}"
+STEPS_FAILED=0      # set to 1 by any step that fails or is stopped
 
 left() { echo $(( TOTAL - ($(date +%s) - START) )); }
 
@@ -24,6 +25,7 @@ step() {
   local status="ok"
   (( rc == 124 || rc == 130 || rc == 137 )) && status="stopped at cap"
   (( rc != 0 )) && [ "$status" = ok ] && status="failed (rc $rc)"
+  (( rc != 0 )) && STEPS_FAILED=1
   ROWS+="| $name | $status | $seconds |"$'\n'
   echo "[$TAG] $name: $status in ${seconds}s"
   return $rc
@@ -32,7 +34,7 @@ step() {
 # gpu_env_line WHAT: prints "<GPU> (sm_XY), torch ..., CUDA ..., triton ..., timm ..." and succeeds, or prints why
 # not ("no CUDA device: WHAT") and fails.
 gpu_env_line() {
-  "$PY" - "$1" <<'PYEOF' 2>&1
+  timeout 20 "$PY" - "$1" <<'PYEOF' 2>&1 || { local rc=$?; (( rc == 124 )) && echo "the CUDA check hung for 20 s"; return $rc; }
 import sys
 try:
     import torch

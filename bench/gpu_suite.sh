@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The Triton path's GPU run, in three tiers; each tier is one device call that runs alone and fits its budget.
+# The Triton path's GPU run, in three tiers; each tier is one run that fits its own time budget.
 #
 #     bench/gpu_suite.sh TIER OUTDIR      # TIER 1, 2 or 3; on the GPU image (torch, triton, timm preinstalled;
 #                                         # offline); make bench-gpu TIER=1 OUT=dir
@@ -8,33 +8,37 @@
 # Tier 1 comes first and its results are final when it ends, so a cut in tier 2 loses nothing of tier 1.
 #
 # Time model (an H200 machine: 16 cores; Triton compiles ~2-4 s per kernel variant on its host, the hMLP stem
-# 10-50 s; Inductor ~30-45 s per timm compile). Expected times are estimates from those compile counts:
+# 10-50 s; Inductor ~30-45 s per timm compile). Expected times are estimates from those compile counts. A step is
+# capped at min(its cap, budget left - 20 s), so the expected times of a tier add up to at most its budget - 20 s.
 #   Tier 1 (budget TTF_SUITE_SECONDS, default 240 s), TTF_TRITON_AUTOTUNE=0 (one compile per kernel variant):
 #     env       ~5 s     GPU, versions; stops the tier without CUDA (exit 3)                         cap  20 s
-#     check     ~110 s   bench/gpu_check.py: S18x2, S36x1, B12x1, B18x2 at batch 1, 8, 64, 256; torch, triton,
-#                        triton/fusednorm against float64 within 2x the reference's own bf16 error; CUDA-graph
-#                        replay == eager. ~24 Triton variants (linear: 3 epilogues x 2 tile lists, fused-norm
-#                        variants, split-K and its reduction; attention; normalize; row_stats; patch embed)
-#                        ~75 s, the models' forwards and float64 references ~35 s                       cap 150 s
+#     check     ~110 s   bench/gpu_check.py: S18x2, S36x1, B12x1, B18x2 at batch 1, 8, 64, 256; fused[torch],
+#                        fused[triton], fused[triton/fusednorm] against float64 within 2x the reference's own
+#                        bf16 error; CUDA-graph replay == eager. ~24 Triton variants (linear: 3 epilogues x 2 tile
+#                        lists, fused-norm variants, split-K and its reduction; attention; normalize; row_stats;
+#                        patch embed) ~75 s, the models' forwards and float64 references ~35 s         cap 150 s
 #     headline  ~60 s    the profiler: S18x2 and S36x1 at batch 1, 64, 256: reference, fused[triton] eager and
-#                        +graph, timm eager (kernels already compiled by check)                         cap  80 s
-#     compile   ~60 s    the profiler: timm torch.compile default and reduce-overhead, S18x2 at batch 1
-#                        (two Inductor compiles); whatever is left of the budget                        cap  60 s
+#                        +graph, timm (kernels already compiled by check)                               cap  80 s
+#     compile   ~45 s    the profiler: timm+compile (one Inductor compile), S18x2 at batch 1           cap  60 s
 #   Tier 2 (budget 300 s), autotuning off:
 #     env       ~5 s                                                                                      cap  20 s
-#     tests     ~120 s   the GPU tests not marked slow, fastest files first; junit XML                   cap 130 s
+#     tests     ~120 s   the tests of the Triton files not marked slow, fastest files first (on CUDA they run on
+#                        the device); junit XML                                                          cap 130 s
 #     tests_slow ~30 s   the tests marked slow (one cold compile per forced config), until the cap       cap  40 s
 #     ops       ~60 s    pytest-benchmark per-op suite (bench/bench_ops.py, not compile)                cap  70 s
-#     compile2  ~60 s    timm torch.compile rows tier 1 left out: S36x1 at batch 1, S18x2 at batch 64   cap  60 s
-#   Tier 3 (budget 540 s): the profiler autotuned (TTF_TRITON_AUTOTUNE=1, TRITON_CACHE_AUTOTUNING=1), --full,
-#     batches 1, 8, 64, 256                                                                             cap 520 s
-# Tiers 1 + 2 are expected to take 5 + 110 + 60 + 60 + 5 + 120 + 30 + 60 + 60 = 510 s, under the 9 minutes two device
-# calls may use. Each step ends at its cap (SIGINT, then SIGKILL 20 s later) or when the tier's budget is spent; a
-# failed step is recorded and the next one runs.
+#     compile2  ~45 s    the profiler: timm+compile[reduce-overhead], S18x2 at batch 1                  cap  60 s
+#   Tier 3 (budget 540 s), autotuning on (TTF_TRITON_AUTOTUNE=1, TRITON_CACHE_AUTOTUNING=1):
+#     profile   ~330 s   the profiler --full, batches 1, 8, 64, 256, trace of S18x2 fused[triton] b1  cap 360 s
+#     compile3  ~150 s   the profiler: timm+compile and timm+compile[reduce-overhead], S18x2 and S36x1 at batch 1,
+#                        64, 256 (the rows tiers 1 and 2 left out)                                       cap 160 s
+# Tiers 1 + 2 are expected to take 5 + 110 + 60 + 45 + 5 + 120 + 30 + 60 + 45 = 480 s, under 9 minutes.
+# Each step ends at its cap (SIGINT, then SIGKILL 20 s later) or when the tier's budget is spent; a failed step is
+# recorded, the next one runs, and the tier exits 1.
 # Files in OUTDIR (at most 8, summary.md first; every result file names device, versions, dtype, autotune setting
 # and command): tier 1: summary.md, check.json, check.md, headline.json, headline.md, compile.json, compile.md,
-# logs.tar.gz; tier 2: summary.md, tests.xml, tests_slow.xml, ops.json, compile2.json, compile2.md, logs.tar.gz; tier 3:
-# summary.md, profile.json, profile.md, throughput.png, latency.png, logs.tar.gz.
+# logs.tar.gz; tier 2: summary.md, tests.xml, tests_slow.xml, ops.json, compile2.json, compile2.md, logs.tar.gz;
+# tier 3: summary.md, profile.json, profile.md, throughput.png, latency.png, compile3.json, compile3.md,
+# logs.tar.gz.
 set -uo pipefail
 
 TIER="${1:?usage: bench/gpu_suite.sh TIER OUTDIR   (TIER 1, 2 or 3)}"
@@ -69,7 +73,6 @@ KEEP="summary.md"
 
 # Provider names are the profiler's (threethings_fast.profile --list-providers).
 HEADLINE_PROVIDERS=(reference "fused[triton]" "fused[triton]+graph" timm)
-COMPILE_PROVIDERS=("timm+compile" "timm+compile[reduce-overhead]")
 
 # profile NAME CAP BUDGET PROFILER-ARGS...: a profiler run into logs/NAME/, its JSON and markdown kept as NAME.*
 profile() {
@@ -100,7 +103,7 @@ finish() {
     for xml in tests tests_slow; do
       [ -f "$OUT/$xml.xml" ] && { echo; junit_line "$OUT/$xml.xml"; }
     done
-    for md in check.md headline.md compile.md compile2.md profile.md; do
+    for md in check.md headline.md compile.md compile2.md compile3.md profile.md; do
       [ -f "$OUT/$md" ] && { echo; echo "## $md"; echo; sed -n '1,60p' "$OUT/$md"; }
     done
   } > "$OUT/summary.md"
@@ -128,26 +131,30 @@ case "$TIER" in
   KEEP+=" check.json check.md"
   step check 150 "$PY" bench/gpu_check.py --out "$OUT/check.json" --deadline 120
   profile headline 80 60 --models S18x2 S36x1 --batches 1 64 256 --providers "${HEADLINE_PROVIDERS[@]}"
-  profile compile 60 45 --models S18x2 --batches 1 --providers "${COMPILE_PROVIDERS[@]}"
+  # One Inductor compile per call: the profiler warms every (model, provider) of a batch before timing any.
+  profile compile 60 45 --models S18x2 --batches 1 --warmup 1 --no-peak --providers "timm+compile"
   ;;
 2)
   KEEP+=" tests.xml tests_slow.xml ops.json"
-  # Fastest files first; the every-config tests (one cold compile per forced config) are marked slow and run after.
+  # Fastest files first. On CUDA the tests that run under the interpreter on a CPU run on the device (split-K,
+  # attention tails, every forced stem config); the slow ones (a cold compile per forced config) run after.
   GPU_TEST_FILES=(tests/test_triton_common.py tests/test_linear_splitk.py tests/test_attention_tail.py
     tests/test_triton_ops.py tests/test_fused_triton.py tests/test_checkpoint.py tests/test_reliability.py
     tests/test_stem.py tests/test_stem_pdl_configs.py)
   step tests 130 "$PY" -m pytest -p no:cacheprovider -q -rfE --durations=15 --junitxml="$OUT/tests.xml" \
-    -m "gpu and not slow" -k "not fp16 and not torch.float16" "${GPU_TEST_FILES[@]}"
+    -m "not slow" -k "not fp16 and not torch.float16" "${GPU_TEST_FILES[@]}"
   step tests_slow 40 "$PY" -m pytest -p no:cacheprovider -q -rfE --junitxml="$OUT/tests_slow.xml" \
-    -m "gpu and slow" -k "not fp16 and not torch.float16" "${GPU_TEST_FILES[@]}"
+    -m "slow" -k "not fp16 and not torch.float16" "${GPU_TEST_FILES[@]}"
   step ops 70 env TTF_BENCH_DEADLINE=55 "$PY" -m pytest -c bench/pytest.ini bench/bench_ops.py -m "not compile" -q \
     -p no:cacheprovider --benchmark-json="$OUT/ops.json"
-  profile compile2 60 45 --models S36x1 S18x2 --batches 1 64 --providers "${COMPILE_PROVIDERS[@]}"
+  profile compile2 60 45 --models S18x2 --batches 1 --warmup 1 --no-peak --providers "timm+compile[reduce-overhead]"
   ;;
 3)
   KEEP+=" profile.json profile.md throughput.png latency.png"
-  step profile 520 "$PY" -m threethings_fast.profile --full --batches 1 8 64 256 --time-budget 470 --out "$OUT" \
+  step profile 360 "$PY" -m threethings_fast.profile --full --batches 1 8 64 256 --time-budget 310 --out "$OUT" \
     --no-progress --trace "S18x2:fused[triton]:1"
+  profile compile3 160 120 --models S18x2 S36x1 --batches 1 64 256 --warmup 1 --no-peak \
+    --providers "timm+compile" "timm+compile[reduce-overhead]"
   ;;
 esac
-exit 0
+exit $(( STEPS_FAILED ? 1 : 0 ))

@@ -119,3 +119,36 @@ def test_bad_arguments_still_fail_after_good_ones_were_cached():
         tk.linear(torch.randn(8, 3, device=DEVICE).t(), w)
     with pytest.raises(TypeError, match="dtype"):
         tk.linear(x.half(), w)
+
+
+def test_fast_path_launches_kernels_directly(monkeypatch):
+    """On a GPU, wrap_triton outside torch's own eager path returns torch's traceable wrapper; inside a fast-path
+    call it must return the kernel itself, as torch's eager path arranges (else every launch would go through the
+    traced-kernel machinery)."""
+    kernel, wrapped = object(), object()
+    monkeypatch.setattr(_common, "_wrap_triton", lambda k: wrapped)
+    monkeypatch.setattr(_common, "_wrap_triton_enabled", lambda: True)
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    seen = []
+    call = _common._EagerFastPath(_Spy("op", []), lambda x: seen.append(_common.wrap_triton(kernel)))
+    call(torch.ones(2))
+    assert seen == [kernel]
+    assert _common.wrap_triton(kernel) is wrapped        # outside: what torch's tracing needs
+    assert not _common._DIRECT.active
+
+
+def test_fast_path_leaves_fx_proxies_and_forward_ad_to_the_dispatcher():
+    import torch.autograd.forward_ad as fwAD
+    call, log = _fast_path()
+    with fwAD.dual_level():
+        call(fwAD.make_dual(torch.ones(3), torch.ones(3)))
+    assert log == ["op"]
+    assert not _common._plain_eager_call((), {"x": torch.ones(3, requires_grad=True)})
+
+
+def test_pdl_stays_off_for_traced_tensors(monkeypatch):
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    monkeypatch.setenv("TTF_TRITON_PDL", "1")
+    with FakeTensorMode() as mode:
+        fake = mode.from_tensor(torch.ones(2))
+    assert not _common.pdl_enabled(fake)

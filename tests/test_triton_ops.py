@@ -488,7 +488,7 @@ def test_gpu_fused_norm_block_shapes(dtype, atol):
 
 
 @pytest.mark.gpu
-@pytest.mark.slow   # ~16 cold compiles: outside the one-call suite's quick GPU step, in `pytest -m gpu`
+@pytest.mark.slow   # ~16 cold compiles: in tier 2's slow step of bench/gpu_suite.sh, and `pytest -m gpu`
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
 def test_gpu_fused_norm_every_config(monkeypatch):
     """Every config of both autotune lists (their BLOCK_N give 2-8 statistics slots per tile), forced one at a time,

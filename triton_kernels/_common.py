@@ -23,10 +23,13 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from typing import NamedTuple
 
 import torch
+
+import torch.autograd.forward_ad as _forward_ad
 
 try:
     from torch._subclasses.fake_tensor import is_fake as _is_fake
@@ -337,6 +340,10 @@ def pdl_enabled(t: torch.Tensor) -> bool:
     ``USE_PDL`` constexpr and launch with :func:`pdl_launch_kwargs`."""
     if env_value("TTF_TRITON_PDL", "0") != "1" or not _HAS_GDC or not t.is_cuda or interpreter_active():
         return False
+    if type(t) is not torch.Tensor or torch.compiler.is_compiling():
+        # Traced (fake tensors): torch.compile cannot see through griddepcontrol's inline asm and would treat every
+        # input as written, and Inductor drops launch_pdl anyway. PDL is for eager and CUDA-graph launches.
+        return False
     return _capability_major(t.get_device()) >= 9
 
 
@@ -353,12 +360,12 @@ def pdl_launch_kwargs(use_pdl: bool) -> dict:
 def wrap_triton(kernel):
     """``torch.library.wrap_triton(kernel)`` where available, else the kernel itself.
 
-    Use it at every launch inside a registered op: ``wrap_triton(_my_kernel)[grid](...)``. Outside tracing it just
-    launches the kernel. Under the interpreter the kernel is returned as is: it is then not a ``JITFunction``, which
+    Use it at every launch inside a registered op: ``wrap_triton(_my_kernel)[grid](...)``. In an eager call (the
+    op's body run by :class:`_EagerFastPath`, or by torch's eager path) it returns the kernel itself. Under the interpreter the kernel is returned as is: it is then not a ``JITFunction``, which
     torch 2.11's ``wrap_triton`` rejects, and nothing interpreted can be traced into a graph anyway (fake tensors
     never reach a launch: :func:`skip_launch`).
     """
-    if _wrap_triton is None or interpreter_active():
+    if _wrap_triton is None or _DIRECT.active or interpreter_active():
         return kernel
     if _wrap_triton_enabled is not None and not _wrap_triton_enabled():
         # An eager call of a registered op: wrap_triton would launch the kernel directly anyway, after building
@@ -416,26 +423,54 @@ class _EagerFastPath:
         self.__wrapped__ = fn
 
     def __call__(self, *args, **kwargs):
-        if _plain_eager_call(args):
-            return self.fn(*args, **kwargs)
+        if _plain_eager_call(args, kwargs):
+            # What torch's own eager path does around the body (set_wrap_triton_enabled(False)): wrap_triton then
+            # returns the kernel itself instead of the traceable wrapper, which would route every launch through
+            # the triton_kernel_wrapper_mutation machinery (and keep per-launch entries in its side table).
+            _DIRECT.active = True
+            try:
+                return self.fn(*args, **kwargs)
+            finally:
+                _DIRECT.active = False
         return self.op(*args, **kwargs)
 
     def __getattr__(self, attr):    # the op's own attributes (register_fake, _opoverload, ...)
+        if attr in _EagerFastPath.__slots__:    # not yet set (copy / pickle of a bare instance): no recursion
+            raise AttributeError(attr)
         return getattr(self.op, attr)
 
 
-def _plain_eager_call(args) -> bool:
+class _DirectFlag(threading.local):
+    """Set (per thread) while an op body runs through _EagerFastPath: its launches are eager (see wrap_triton)."""
+
+    active = False
+
+
+_DIRECT = _DirectFlag()
+
+
+def _plain_eager_call(args, kwargs) -> bool:
     """True when calling the op's Python function directly is what the dispatcher would do: no tracing, no mode, no
-    transform, plain tensors only, nothing for autograd to record."""
+    transform, no forward-mode AD, no __torch_function__ override (fx proxies), plain tensors only, nothing for
+    autograd to record."""
     if (torch.compiler.is_compiling() or torch.jit.is_tracing() or torch._C._len_torch_dispatch_stack()
-            or torch._C._is_torch_function_mode_enabled() or torch._C._are_functorch_transforms_active()):
+            or torch._C._is_torch_function_mode_enabled() or torch._C._are_functorch_transforms_active()
+            or _forward_ad_level() >= 0):
+        return False
+    values = args + tuple(kwargs.values()) if kwargs else args
+    if torch._C._has_torch_function(values):
         return False
     grad = torch.is_grad_enabled()
-    for a in args:
+    for a in values:
         if isinstance(a, torch.Tensor):
             if type(a) is not torch.Tensor or (grad and a.requires_grad):
                 return False
     return True
+
+
+def _forward_ad_level() -> int:
+    """The innermost active forward-mode AD level (-1: none)."""
+    return getattr(_forward_ad, "_current_level", -1)
 
 
 def _metadata_key(value):
@@ -444,7 +479,7 @@ def _metadata_key(value):
     kind = type(value)
     if kind is torch.Tensor:
         # get_device() / is_meta instead of .device: building a torch.device object costs more than the rest
-        return (value.shape, value.stride(), value.dtype, value.get_device(), value.is_meta)
+        return (value.shape, value.stride(), value.dtype, value.get_device(), value.is_cuda, value.is_meta)
     if value is None:
         return None
     if kind in _SCALAR_TYPES:
