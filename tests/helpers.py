@@ -73,3 +73,24 @@ def kernels_interpreted(kernel) -> bool:
     except ImportError:  # pragma: no cover
         return False
     return isinstance(kernel, InterpretedFunction)
+
+
+#: Why the kernel tests skip on a CPU when the kernels were not defined under the interpreter.
+NOT_INTERPRETED = ("the Triton kernels were imported before TRITON_INTERPRET=1 was set; run pytest with "
+                   "TRITON_INTERPRET=1 in the environment")
+
+
+def kernels_runnable(kernel) -> bool:
+    """True when the Triton kernels can run in this process: on CUDA, or on the CPU with `kernel` (one of the
+    package's @triton.jit functions) defined under the interpreter."""
+    from threethings_fast.triton_kernels._common import interpreter_active
+    return torch.cuda.is_available() or (interpreter_active() and kernels_interpreted(kernel))
+
+
+def assert_close_to_ref(fused, ref_lowp, ref64, atol, what=""):
+    """The fused error is at most twice PyTorch's own low-precision error, plus atol (max over elements)."""
+    assert fused.shape == ref64.shape, (fused.shape, ref64.shape)
+    assert torch.isfinite(fused).all(), f"{what}: non-finite output (unwritten poisoned element?)"
+    err = (fused.double() - ref64).abs().max().item() if fused.numel() else 0.0
+    ref_err = (ref_lowp.double() - ref64).abs().max().item() if fused.numel() else 0.0
+    assert err <= 2 * ref_err + atol, f"{what}: max err {err:.3g} > 2·{ref_err:.3g} + {atol:g}"

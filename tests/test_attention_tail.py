@@ -22,21 +22,14 @@ if not HAS_CUDA:
 triton = pytest.importorskip("triton", reason="triton is not installed")
 
 from threethings_fast.triton_kernels import SUPPORTED_HEAD_DIMS  # noqa: E402
-from threethings_fast.triton_kernels._common import interpreter_active, pdl_enabled  # noqa: E402
-from helpers import kernels_interpreted  # noqa: E402
+from threethings_fast.triton_kernels._common import pdl_enabled  # noqa: E402
+from helpers import NOT_INTERPRETED, assert_close_to_ref, kernels_runnable  # noqa: E402
 
 # The package re-exports the function `attention`, which shadows the submodule attribute: go through importlib.
 att = importlib.import_module("threethings_fast.triton_kernels.attention")
 
-if HAS_CUDA:
-    DEVICE = "cuda"
-    _runnable, _why = True, ""
-else:
-    DEVICE = "cpu"
-    _runnable = interpreter_active() and kernels_interpreted(att._attention_kernel)
-    _why = ("the Triton kernels were imported before TRITON_INTERPRET=1 was set; run pytest with "
-            "TRITON_INTERPRET=1 in the environment")
-needs_kernels = pytest.mark.skipif(not _runnable, reason=_why)
+DEVICE = "cuda" if HAS_CUDA else "cpu"
+needs_kernels = pytest.mark.skipif(not kernels_runnable(att._attention_kernel), reason=NOT_INTERPRETED)
 gpu = [pytest.mark.gpu, pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")]
 
 
@@ -61,14 +54,6 @@ TILES = [pytest.param({"BLOCK_M": 32, "BLOCK_N": 32}, id="32x32"), pytest.param(
 #: Around every block edge (16, 32, 64) and short of it; plus a few lengths drawn once with a fixed seed.
 EDGE_N = [1, 2, 15, 16, 17, 31, 33, 50, 64, 65]
 RANDOM_N = sorted(random.Random(197).sample(range(3, 130), 3))
-
-
-def assert_close_to_ref(fused, ref_lowp, ref64, floor, what):
-    assert fused.shape == ref64.shape, (fused.shape, ref64.shape)
-    assert torch.isfinite(fused).all(), f"{what}: non-finite output (an unwritten poisoned element?)"
-    err = (fused.double() - ref64).abs().max().item()
-    ref_err = (ref_lowp.double() - ref64).abs().max().item()
-    assert err <= 2 * ref_err + floor, f"{what}: max err {err:.3g} > 2·{ref_err:.3g} + {floor:g}"
 
 
 def poisoned(shape, dtype):

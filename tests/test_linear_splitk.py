@@ -25,28 +25,17 @@ triton = pytest.importorskip("triton", reason="triton is not installed")
 from threethings_fast.triton_kernels import (STAT_W, RowStats, column_sums, linear, linear_ref,  # noqa: E402
                                              row_stats, row_stats_ref)
 from threethings_fast.triton_kernels._common import interpreter_active  # noqa: E402
-from helpers import kernels_interpreted  # noqa: E402
+from helpers import NOT_INTERPRETED, assert_close_to_ref, kernels_runnable  # noqa: E402
 
 # The package re-exports the function `linear`, which shadows the submodule attribute: go through sys.modules.
 lin = importlib.import_module("threethings_fast.triton_kernels.linear")
 
 DEVICE = "cuda" if HAS_CUDA else "cpu"
-_runnable = HAS_CUDA or (interpreter_active() and kernels_interpreted(lin._linear_kernel))
-needs_kernels = pytest.mark.skipif(not _runnable, reason="the Triton kernels were imported before TRITON_INTERPRET=1 "
-                                                         "was set; run pytest with TRITON_INTERPRET=1")
+needs_kernels = pytest.mark.skipif(not kernels_runnable(lin._linear_kernel), reason=NOT_INTERPRETED)
 
 # (dtype, atol): atol covers values whose reference error happens to be ~0. bf16 tl.dot is wrong under the interpreter.
 DTYPES = [pytest.param(torch.float32, 1e-5, id="fp32"), pytest.param(torch.float16, 2e-3, id="fp16")]
 SPLITS = [1, 2, 3, 4]
-
-
-def assert_close_to_ref(fused, ref_lowp, ref64, atol, what=""):
-    """The fused error is at most twice PyTorch's own low-precision error, plus atol."""
-    assert fused.shape == ref64.shape, (fused.shape, ref64.shape)
-    assert torch.isfinite(fused).all(), f"{what}: non-finite output (unwritten poisoned element?)"
-    err = (fused.double() - ref64).abs().max().item() if fused.numel() else 0.0
-    ref_err = (ref_lowp.double() - ref64).abs().max().item() if fused.numel() else 0.0
-    assert err <= 2 * ref_err + atol, f"{what}: max err {err:.3g} > 2·{ref_err:.3g} + {atol:g}"
 
 
 def assert_stats_close(got: RowStats, want: RowStats, what: str):

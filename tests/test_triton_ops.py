@@ -26,26 +26,13 @@ triton = pytest.importorskip("triton", reason="triton is not installed")
 from threethings_fast.triton_kernels import (SUPPORTED_HEAD_DIMS, STAT_W, RowStats, attention,  # noqa: E402
                                              attention_ref, column_sums, linear, linear_ref, normalize,
                                              normalize_ref, row_stats, row_stats_ref)
-from threethings_fast.triton_kernels._common import interpreter_active  # noqa: E402
-from helpers import kernels_interpreted  # noqa: E402
+from helpers import NOT_INTERPRETED, assert_close_to_ref, kernels_runnable  # noqa: E402
 
 # The package re-exports the function `normalize`, which shadows the submodule attribute: go through sys.modules.
 normalize_module = importlib.import_module("threethings_fast.triton_kernels.normalize")
 
-
-
-
-if HAS_CUDA:
-    DEVICE = "cuda"
-    _runnable = True
-    _why = ""
-else:
-    DEVICE = "cpu"
-    _runnable = interpreter_active() and kernels_interpreted(normalize_module._normalize_kernel)
-    _why = ("the Triton kernels were imported before TRITON_INTERPRET=1 was set; run pytest with "
-            "TRITON_INTERPRET=1 in the environment")
-
-needs_kernels = pytest.mark.skipif(not _runnable, reason=_why)
+DEVICE = "cuda" if HAS_CUDA else "cpu"
+needs_kernels = pytest.mark.skipif(not kernels_runnable(normalize_module._normalize_kernel), reason=NOT_INTERPRETED)
 gpu = [pytest.mark.gpu, pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")]
 pytestmark = [needs_kernels] + ([] if HAS_CUDA else [pytest.mark.interpreter])
 
@@ -57,15 +44,6 @@ DTYPES = [
 DTYPES_GPU = [
     pytest.param(torch.bfloat16, 1.6e-2, id="bf16", marks=gpu),
 ]
-
-
-def assert_close_to_ref(fused, ref_lowp, ref64, atol, what=""):
-    """The fused error is at most twice PyTorch's own low-precision error, plus atol."""
-    assert fused.shape == ref64.shape, (fused.shape, ref64.shape)
-    assert torch.isfinite(fused).all(), f"{what}: non-finite output (unwritten poisoned element?)"
-    err = (fused.double() - ref64).abs().max().item() if fused.numel() else 0.0
-    ref_err = (ref_lowp.double() - ref64).abs().max().item() if fused.numel() else 0.0
-    assert err <= 2 * ref_err + atol, f"{what}: max err {err:.3g} > 2·{ref_err:.3g} + {atol:g}"
 
 
 def poisoned(shape, dtype):

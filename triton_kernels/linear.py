@@ -133,6 +133,28 @@ def _mainloop(x_ptr, w_ptr, offs_m, offs_n, mask_m, mask_n, k_lo, k_hi, K, strid
 
 
 @triton.jit
+def _tile_product(x_ptr, w_ptr, pid_m, pid_n, M, N, K, k_lo, k_hi, stride_xm, stride_wn,
+                  INPUT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                  BLOCK_K: tl.constexpr, USE_PDL: tl.constexpr, PREFETCH_W: tl.constexpr):
+    """The (pid_m, pid_n) output tile's product over K range [k_lo, k_hi), with the programmatic-dependent-launch
+    protocol around it: (acc, offs_m, offs_n, mask_m, mask_n). Shared by the single-pass and split-K kernels."""
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_m = offs_m < M
+    mask_n = offs_n < N
+    if USE_PDL:
+        # Everything above overlaps the predecessor's tail; x, the residual and the statistics may be its outputs.
+        if PREFETCH_W:
+            _prefetch_w_l2(w_ptr, offs_n, N, tl.minimum(k_lo, K - 1), stride_wn)
+        gdc_wait()
+    acc = _mainloop(x_ptr, w_ptr, offs_m, offs_n, mask_m, mask_n, k_lo, k_hi, K, stride_xm, stride_wn,
+                    INPUT_PRECISION, BLOCK_M, BLOCK_N, BLOCK_K)
+    if USE_PDL:
+        gdc_launch_dependents()  # a hint: the dependent's own gdc_wait() still waits for this grid to finish
+    return acc, offs_m, offs_n, mask_m, mask_n
+
+
+@triton.jit
 def _epilogue(acc, pid_n, offs_m, offs_n, mask_m, mask_n, N, K,
               b_ptr, r_ptr, y_ptr, s_ptr, c_ptr, so_ptr, stride_rm, stride_ym, eps,
               HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, ACTIVATION: tl.constexpr, NORM_IN: tl.constexpr,
@@ -232,19 +254,9 @@ def _linear_kernel(
     PREFETCH_W: tl.constexpr,  # with USE_PDL: L2 prefetch of the first W tile before the wait (_prefetch_w_l2)
 ):
     pid_m, pid_n = _tile_ids(M, N, BLOCK_M, BLOCK_N, GROUP_M)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask_m = offs_m < M
-    mask_n = offs_n < N
-    if USE_PDL:
-        # Everything above overlaps the predecessor's tail; x, the residual and the statistics may be its outputs.
-        if PREFETCH_W:
-            _prefetch_w_l2(w_ptr, offs_n, N, 0, stride_wn)
-        gdc_wait()
-    acc = _mainloop(x_ptr, w_ptr, offs_m, offs_n, mask_m, mask_n, 0, K, K, stride_xm, stride_wn,
-                    INPUT_PRECISION, BLOCK_M, BLOCK_N, BLOCK_K)
-    if USE_PDL:
-        gdc_launch_dependents()  # a hint: the dependent's own gdc_wait() still waits for this grid to finish
+    acc, offs_m, offs_n, mask_m, mask_n = _tile_product(
+        x_ptr, w_ptr, pid_m, pid_n, M, N, K, 0, K, stride_xm, stride_wn,
+        INPUT_PRECISION, BLOCK_M, BLOCK_N, BLOCK_K, USE_PDL, PREFETCH_W)
     _epilogue(acc, pid_n, offs_m, offs_n, mask_m, mask_n, N, K, b_ptr, r_ptr, y_ptr, s_ptr, c_ptr, so_ptr,
               stride_rm, stride_ym, eps, HAS_BIAS, HAS_RESIDUAL, ACTIVATION, NORM_IN, W_IN, T_IN, T_IN_PAD,
               STATS_OUT, STAT_W, BLOCK_M, BLOCK_N)
@@ -276,18 +288,9 @@ def _linear_splitk_kernel(
     steps = tl.cdiv(tl.cdiv(K, BLOCK_K), SPLIT_K)
     k_lo = pid_s * steps * BLOCK_K
     k_hi = tl.minimum(k_lo + steps * BLOCK_K, K)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask_m = offs_m < M
-    mask_n = offs_n < N
-    if USE_PDL:
-        if PREFETCH_W:
-            _prefetch_w_l2(w_ptr, offs_n, N, tl.minimum(k_lo, K - 1), stride_wn)
-        gdc_wait()
-    acc = _mainloop(x_ptr, w_ptr, offs_m, offs_n, mask_m, mask_n, k_lo, k_hi, K, stride_xm, stride_wn,
-                    INPUT_PRECISION, BLOCK_M, BLOCK_N, BLOCK_K)
-    if USE_PDL:
-        gdc_launch_dependents()
+    acc, offs_m, offs_n, mask_m, mask_n = _tile_product(
+        x_ptr, w_ptr, pid_m, pid_n, M, N, K, k_lo, k_hi, stride_xm, stride_wn,
+        INPUT_PRECISION, BLOCK_M, BLOCK_N, BLOCK_K, USE_PDL, PREFETCH_W)
     # Row s·M + m of the (SPLIT_K·M, N) view: the offset's divisibility is N's, so stores vectorise when N allows.
     rows = pid_s.to(tl.int64) * M + offs_m
     tl.store(ws_ptr + rows[:, None] * N + offs_n[None, :], acc, mask=mask_m[:, None] & mask_n[None, :])
