@@ -21,7 +21,7 @@ test-triton36:    ## the suite again on the GPU image's Triton 3.6 (CPU: interpr
 
 test-timm:        ## real-timm interop tests (CUDA build of torch 2.14.1 + torchvision, run on the CPU), own venv
 	@TTF_VENV=.venv-cuda TTF_FLAVOUR=cuda scripts/env.sh >/dev/null
-	TTF_REQUIRE_TIMM=1 .venv-cuda/bin/python -m pytest -q tests/test_timm_interop.py $(ARGS)
+	TTF_REQUIRE_TIMM=1 .venv-cuda/bin/python -m pytest -q tests/test_timm_interop.py tests/test_timm_mlp_interop.py $(ARGS)
 
 build-cuda:       ## the engine's CUDA build for sm_90a (no GPU needed) + instruction and resource checks, .venv-cuda
 	@TTF_VENV=.venv-cuda TTF_FLAVOUR=cuda scripts/env.sh >/dev/null

@@ -54,7 +54,7 @@ def main(argv=None) -> int:
     import triton
     from triton.testing import do_bench
 
-    from threethings_fast.folding import fold_stem
+    from threethings_fast.stem_fold import fold_stem
     from threethings_fast.reference.stems import HMLPStem, PatchEmbed
     from threethings_fast.triton_kernels._common import autotune_enabled
     from threethings_fast.triton_kernels.hmlp_stem import hmlp_stem, prepare_hmlp_stem

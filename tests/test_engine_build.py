@@ -85,12 +85,12 @@ def test_extension_loads_with_its_cuda_part():
 def test_meta_tensors_trace_the_paper_models():
     import threethings_fast as ttf
     from threethings_fast.fused.ops_engine import engine_config, pack_stem
-    from threethings_fast.folding import fold_model
+    from threethings_fast.models.vit.folding import fold_model
     with torch.device("meta"):
         model = ttf.create_model("S18x2")
     folded = fold_model(model)
     from threethings_fast.fused.weights import FusedWeights, cast_common
-    weights = FusedWeights(config=model.config, stem={"kind": "linear"}, **cast_common(folded, torch.bfloat16, "meta"))
+    weights = FusedWeights(config=model.config, stem=None, **cast_common(folded, torch.bfloat16, "meta"))
     stem = pack_stem(folded["stem"], torch.bfloat16, "meta")
     ints, eps = engine_config(weights, folded["stem"])
     assert torch.ops.ttf.engine_cuda_problem(ints, eps, torch.bfloat16) == ""

@@ -225,7 +225,7 @@ def test_hybrid_backend_routes_by_batch_and_falls_back_on_a_failed_self_check():
     tk = pytest.importorskip("threethings_fast.triton_kernels")
     if not tk.interpreter_active():
         pytest.skip("Triton kernels not under the interpreter")
-    from threethings_fast.folding import fold_model
+    from threethings_fast.models.vit.folding import fold_model
     from threethings_fast.fused.backends import make_ops
     from threethings_fast.fused.model import FusedViT
     model64 = make_model("tiny_2x2", num_classes=5)

@@ -190,7 +190,7 @@ def test_torch_compile_over_the_ops():
     model = make_model("S18x2", dtype=torch.bfloat16, depth=2).cuda()
     fused = ttf.convert(model, backend="triton")
     x = torch.randn(2, 3, 224, 224, device="cuda", dtype=torch.bfloat16)
-    from threethings_fast.fused.forward import vit_forward
+    from threethings_fast.models.vit.forward import vit_forward
     compiled = torch.compile(lambda im: vit_forward(fused.ops, fused.weights, im), fullgraph=False)
     # Inductor re-autotunes user kernels and may pick another tile (another summation order): not bit-equal.
     torch.testing.assert_close(compiled(x), fused(x), rtol=2e-2, atol=2e-2)

@@ -139,7 +139,7 @@ def test_deit_names_carry_each_branchs_own_values():
 @pytest.mark.parametrize("norm", ["bn", "ln"])
 def test_hmlp_mae_with_exactly_one_visible_patch_writes_it(norm):
     tk = triton_ready()
-    from threethings_fast.folding import fold_stem
+    from threethings_fast.stem_fold import fold_stem
     from threethings_fast.reference.stems import HMLPStem
     from helpers import randomize
     device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -19,7 +19,7 @@ HAS_CUDA = torch.cuda.is_available()
 if not HAS_CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")  # must precede the import of the kernels
 
-from threethings_fast.folding import fold_stem  # noqa: E402
+from threethings_fast.stem_fold import fold_stem  # noqa: E402
 from threethings_fast.reference.stems import (HMLPStem, PatchEmbed, extract_patches, indices_to_mask,  # noqa: E402
                                               mask_to_indices)
 
@@ -289,13 +289,13 @@ def test_patch_embed_matches_reference(dtype, channels_last):
     stem = make_stem("linear", E)
     f = fold_stem(stem)
     x = images(B, 32, 48, channels_last=channels_last)
-    w, b = f["weight"].to(DEVICE, dtype), f["bias"].to(DEVICE, torch.float32)
+    w, b = f.weight.to(DEVICE, dtype), f.bias.to(DEVICE, torch.float32)
     pos, cls, token = (torch.randn(N, E, device=DEVICE), torch.randn(E, device=DEVICE),
                        torch.randn(E, device=DEVICE))
     mask = fixed_count_mask(B, N, 0.5, device=DEVICE)
     for kw in (dict(), dict(pos=pos, cls=cls), dict(mask=mask, pos=pos),
                dict(mask=mask, mask_token=token, pos=pos, cls=cls)):
-        ref64 = pe.patch_embed_ref(x, f["weight"], f["bias"], upcast=True, **kw)
+        ref64 = pe.patch_embed_ref(x, f.weight, f.bias, upcast=True, **kw)
         ref_lowp = pe.patch_embed_ref(x, w, b, dtype=dtype, **kw)
         out = pe.patch_embed(x, w, b, out=poisoned(ref64.shape, dtype), **kw)
         check(out, ref_lowp, ref64, dtype)
@@ -337,7 +337,7 @@ def test_bad_inputs(monkeypatch):
         hs.hmlp_stem(x, p, cls=torch.zeros(E + 1, device=DEVICE))
     with pytest.raises(ValueError, match="out"):
         hs.hmlp_stem(x, p, out=poisoned((2, 5, E), torch.float32))
-    with pytest.raises(ValueError, match="kind"):
+    with pytest.raises(ValueError, match="folded hMLP stem"):
         hs.prepare_hmlp_stem(fold_stem(make_stem("linear", E)), torch.float32, DEVICE)
     with pytest.raises(TypeError, match="prepared"):
         hs.hmlp_stem(x, fold_stem(make_stem("bn", E)))
@@ -375,8 +375,7 @@ GPU_VARIANTS = [
 @pytest.mark.slow
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
 def test_hmlp_stem_gpu(E, norm, dtype, B, px):
-    folded = {k: (v.cuda() if isinstance(v, torch.Tensor) else v)
-              for k, v in fold_stem(make_stem(norm, E)).items()}
+    folded = fold_stem(make_stem(norm, E)).to(device="cuda")
     x = images(B, px, px, dtype=dtype, channels_last=B > 1)
     N = (px // 16) ** 2
     pos, cls = torch.randn(N, E, device="cuda") * 0.1, torch.randn(E, device="cuda")
@@ -390,16 +389,15 @@ def test_hmlp_stem_gpu(E, norm, dtype, B, px):
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
 def test_masked_and_linear_gpu(dtype):
     E, B, N = 768, 64, 196
-    folded = {k: (v.cuda() if isinstance(v, torch.Tensor) else v)
-              for k, v in fold_stem(make_stem("ln", E)).items()}
+    folded = fold_stem(make_stem("ln", E)).to(device="cuda")
     x = images(B, 224, 224)
     idx = mask_to_indices(fixed_count_mask(B, N, 0.75, device="cuda"))
     check(*run_hmlp(x, folded, dtype, visible_idx=idx), dtype)
     token = torch.randn(E, device="cuda")
     check(*run_hmlp(x, folded, dtype, mask=torch.rand(B, N, device="cuda") < 0.4, mask_token=token), dtype)
     f = fold_stem(make_stem("linear", E))
-    w, b = f["weight"].to("cuda", dtype), f["bias"].to("cuda", torch.float32)
-    ref64 = pe.patch_embed_ref(x, f["weight"].cuda(), f["bias"].cuda(), upcast=True)
+    w, b = f.weight.to("cuda", dtype), f.bias.to("cuda", torch.float32)
+    ref64 = pe.patch_embed_ref(x, f.weight.cuda(), f.bias.cuda(), upcast=True)
     check(pe.patch_embed(x, w, b), pe.patch_embed_ref(x, w, b, dtype=dtype), ref64, dtype)
 
 

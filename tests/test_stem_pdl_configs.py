@@ -29,7 +29,7 @@ if not HAS_CUDA:
 
 triton = pytest.importorskip("triton", reason="triton is not installed")
 
-from threethings_fast.folding import fold_stem  # noqa: E402
+from threethings_fast.stem_fold import fold_stem  # noqa: E402
 from threethings_fast.reference.stems import mask_to_indices  # noqa: E402
 
 from test_stem import (DEVICE, check, fixed_count_mask, hs, images, make_stem, needs_kernels,  # noqa: E402

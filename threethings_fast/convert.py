@@ -1,6 +1,7 @@
 """`convert`: a model the user already has (ours, timm's, deit's) or a state dict -> fused inference model."""
 from __future__ import annotations
 
+import importlib
 import os
 from typing import Mapping, Optional, Union
 
@@ -9,10 +10,11 @@ from torch import nn
 
 from .checkpoint import CheckpointError, check_finite, infer_config, load_state_dict, read_checkpoint, unwrap
 from .configs import ViTConfig, from_name
-from .folding import fold_model
+from .models.vit.folding import fold_model
 from .fused.backends import make_ops, resolve_backend
-from .fused.model import FusedViT
+from .fused.model import FusedModel, FusedViT
 from .interop import read_module
+from .models import FAMILIES, family_of, resolve_any
 from .reference.model import VisionTransformer
 from .validation import concrete_device
 
@@ -20,8 +22,8 @@ _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def convert(model: Union[nn.Module, Mapping, str, os.PathLike], backend: str = "auto", *,
-            dtype: Optional[torch.dtype] = None, device=None, config: Union[str, ViTConfig, None] = None,
-            num_heads: Optional[int] = None, norm: str = "separate", allow_nonfinite: bool = False) -> FusedViT:
+            dtype: Optional[torch.dtype] = None, device=None, config=None, num_heads: Optional[int] = None,
+            norm: str = "separate", allow_nonfinite: bool = False) -> FusedModel:
     """Fold a model into a fused inference model with the same outputs.
 
     model:   one of
@@ -35,6 +37,11 @@ def convert(model: Union[nn.Module, Mapping, str, os.PathLike], backend: str = "
                weights_only=True: `read_checkpoint`). A state dict does not store the number of heads: give
                `num_heads` (the rest is read from its keys and shapes, see `infer_config`) or a `config` (name or
                ViTConfig).
+             - an MLP-family model: this package's MLP-Mixer, ResMLP or gMLP reference (`create_model("mixer_b16_224")`,
+               K-parallel variants included), timm's `MlpMixer` of those three families, or a state dict in their
+               (timm) layout with `config` set to the family's name or config. Vision Permutator and feed-forward-only
+               models have reference models only: NotImplementedError. The result is a `FusedModel` (a `FusedViT`
+               for ViTs); the C++ engine and norm="fused" are ViT-only.
              Modules are read exactly (heads, eps, patch size, tokens, pooling, stem); anything the fused path cannot
              reproduce (qk-norm, SwiGLU, a tanh GELU, attention pooling, a custom block, dropout active in train
              mode, ...) raises ValueError naming it.
@@ -54,6 +61,9 @@ def convert(model: Union[nn.Module, Mapping, str, os.PathLike], backend: str = "
     """
     if isinstance(model, (str, os.PathLike)):
         model = read_checkpoint(model)
+    family_model = _family_reference(model, config, num_heads, allow_nonfinite)
+    if family_model is not None:
+        return _convert_family(family_model, backend, dtype, device, norm, allow_nonfinite)
     if isinstance(model, Mapping):
         reference = _reference_from_state_dict(model, config, num_heads, allow_nonfinite)
         default_dtype, default_device = _state_dict_dtype(model), torch.device("cpu")
@@ -77,6 +87,93 @@ def convert(model: Union[nn.Module, Mapping, str, os.PathLike], backend: str = "
     if backend == "hybrid" and requested == "auto":
         ops.self_check(weights)
     return FusedViT(weights, ops, dtype, device)
+
+
+def _family_reference(model, config, num_heads, allow_nonfinite: bool) -> Optional[nn.Module]:
+    """The reference model of a non-ViT family that `model` (+ `config`) describes, or None for the ViT paths.
+    Modules: this package's MLP-family references, timm's MlpMixer (Mixer, ResMLP, gMLP blocks). State dicts: a
+    family config or name given as `config`, keys in the family's (timm-compatible) layout."""
+    if isinstance(model, nn.Module):
+        family = _module_family(model)
+        if family is None or family.name == "vit":
+            return None
+        if config is not None or num_heads is not None:
+            raise TypeError("config / num_heads describe a state dict; a module carries its own architecture")
+        if isinstance(model, family.reference_type()):
+            return model
+        return importlib.import_module(f"threethings_fast.models.{family.name}.interop").from_timm(model)
+    if not isinstance(model, Mapping) or config is None or isinstance(config, ViTConfig):
+        return None
+    if isinstance(config, str):
+        try:
+            from_name(config)
+            return None                       # a ViT name
+        except KeyError:
+            config = resolve_any(config)
+    family = family_of(config)
+    if num_heads is not None:
+        raise TypeError(f"num_heads describes a ViT; a {family.title} config carries its whole architecture")
+    sd = unwrap(model)
+    with torch.device("meta"):
+        reference = family.reference_type()(config)
+    reference = reference.to_empty(device=torch.device("cpu")).to(_widest_dtype(sd))
+    if not allow_nonfinite:
+        check_finite(sd, "the state dict")
+    try:
+        reference.load_state_dict(dict(sd), strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"the state dict does not match {family.title} {config}: {exc}") from exc
+    return reference.eval()
+
+
+def _module_family(model: nn.Module):
+    try:
+        return family_of(model)
+    except TypeError:
+        pass
+    if type(model).__name__ == "MlpMixer" and type(model).__module__.startswith("timm."):
+        block = type(model.blocks[0]).__name__ if len(model.blocks) else ""
+        name = _TIMM_MLP_BLOCKS.get(block)
+        if name is None:
+            raise ValueError(f"timm MlpMixer with {block or 'no'} blocks: only MixerBlock (MLP-Mixer), ResBlock "
+                             f"(ResMLP) and SpatialGatingBlock (gMLP) have a fused path")
+        return FAMILIES[name]
+    return None
+
+
+_TIMM_MLP_BLOCKS = {"MixerBlock": "mixer", "ResBlock": "resmlp", "SpatialGatingBlock": "gmlp"}
+
+
+def _convert_family(reference: nn.Module, backend: str, dtype, device, norm: str, allow_nonfinite: bool):
+    """convert() for the MLP families: fold, pack for the backend, wrap in a FusedModel."""
+    family = family_of(reference)
+    if not family.fusable:
+        raise NotImplementedError(f"{family.title}: this package has its reference model only, no fused path yet; "
+                                  f"run the reference model ({type(reference).__name__}) itself")
+    if not allow_nonfinite:
+        check_finite(reference.state_dict(), "the model")
+    param = next(reference.parameters())
+    dtype = dtype or param.dtype
+    if dtype not in _DTYPES:
+        raise TypeError(f"dtype must be one of {_DTYPES}, got {dtype}")
+    device = concrete_device(device) if device is not None else param.device
+    if norm != "separate":
+        raise ValueError(f"norm={norm!r} is the ViT path's LayerNorm placement; {family.title} models normalise with "
+                         "norm='separate'")
+    requested = backend
+    if requested == "cuda":
+        raise ValueError(f"backend='cuda' (the C++ engine) runs ViTs only; use backend='triton' or 'torch' for "
+                         f"{family.title}")
+    backend = resolve_backend(backend, device)
+    if backend == "hybrid":
+        backend = "triton"
+    if backend == "triton" and dtype == torch.float64:
+        if requested == "triton":
+            raise TypeError("the Triton backend runs float16, bfloat16 or float32; use backend='torch' for float64")
+        backend = "torch"
+    ops = make_ops(backend, "separate")
+    weights = family.folder()(reference).pack(ops, dtype, device)
+    return FusedModel(weights, ops, dtype, device, family)
 
 
 def _triton_runs(reference: VisionTransformer) -> bool:

@@ -11,6 +11,8 @@ Pure functions on tensors, one file per op. Each op is also registered with torc
     attention(qkv, num_heads, head_dim, scale=1.0)                            -> ttf::attention
     patch_embed(images, weight, bias=None, pos=None, cls=None, ...)           -> ttf::patch_embed
     hmlp_stem(images, prepare_hmlp_stem(folded), pos=None, cls=None, ...)     -> ttf::hmlp_stem
+    token_linear(x, w, bias=None, activation=None, scale=None, shift=None,
+                 gate=None, residual=None)                                    -> ttf::token_linear
 
 Each op module also keeps a plain PyTorch reference ``<op>_ref(..., upcast=False)`` used by tests and benchmarks.
 
@@ -37,6 +39,7 @@ from .normalize import normalize, normalize_ref, row_stats, row_stats_ref
 
 from .hmlp_stem import HMLPStemWeights, hmlp_stem, hmlp_stem_ref, prepare_hmlp_stem
 from .patch_embed import patch_embed, patch_embed_ref
+from .token_linear import token_linear, token_linear_ref
 
 __all__ = [
     "NAMESPACE",
@@ -59,4 +62,6 @@ __all__ = [
     "hmlp_stem_ref",
     "patch_embed",
     "patch_embed_ref",
+    "token_linear",
+    "token_linear_ref",
 ]

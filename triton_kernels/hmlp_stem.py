@@ -73,6 +73,8 @@ import triton.language as tl
 from ._common import (FLOAT_DTYPES, autotuned, check_out, check_same_device, check_tensor, device_guard,
                       gdc_launch_dependents, gdc_wait, launch_choice, next_power_of_2, pdl_enabled, pdl_launch_kwargs,
                       register_op, skip_launch, wrap_triton)
+from ._stem_common import (_patch_rows, _token_rows, _write_extra_rows, check_stem_inputs, flat_pos,
+                           flat_vector, resolve_masking, row_order, select_tokens)
 
 __all__ = ["HMLPStemWeights", "prepare_hmlp_stem", "hmlp_stem", "hmlp_stem_ref", "resolve_masking", "split_hidden"]
 
@@ -125,47 +127,6 @@ def _ln_pair(ya, yb, wa, ba, wb, bb, n: tl.constexpr, eps):
         db = yb - mean[None, :]
     rstd = 1.0 / tl.sqrt((tl.sum(da * da, 0) + tl.sum(db * db, 0)) / n + eps)
     return (da * rstd[None, :] * wa[:, None] + ba[:, None]), (db * rstd[None, :] * wb[:, None] + bb[:, None])
-
-
-@triton.jit
-def _patch_rows(pid, R, S, N, idx_ptr, s_xb, s_xs, mask_ptr, s_mb, s_mn,
-                HAS_IDX: tl.constexpr, BEIT: tl.constexpr, BLOCK_P: tl.constexpr, USE_PDL: tl.constexpr):
-    """Rows of this program -> (sample b int64, row-in-sample v, patch number n, row valid, row visible).
-
-    With USE_PDL and masking, waits for the previous kernel before reading the row indices / mask: BEiT's row order
-    is a torch.sort of the mask launched just before, and MAE indices may come from a kernel too. Unmasked rows are
-    index math only; their kernels wait later, before the first read of the images."""
-    rows = pid * BLOCK_P + tl.arange(0, BLOCK_P)
-    row_ok = rows < R
-    b = (rows // S).to(tl.int64)
-    v = rows % S
-    if USE_PDL and (HAS_IDX or BEIT):
-        gdc_wait()
-    if HAS_IDX:
-        n = tl.load(idx_ptr + b * s_xb + v * s_xs, mask=row_ok, other=0).to(tl.int32)
-        row_ok = row_ok & (n >= 0) & (n < N)  # out-of-range indices: row skipped, never an illegal address
-        n = tl.where(row_ok, n, 0)
-    else:
-        n = v
-    if BEIT:
-        hidden = tl.load(mask_ptr + b * s_mb + n * s_mn, mask=row_ok, other=1) != 0
-        vis = row_ok & (hidden == 0)
-    else:
-        vis = row_ok
-    return b, v, n, row_ok, vis
-
-
-@triton.jit
-def _token_rows(out_ptr, b, v, n, s_ob, s_on, HAS_CLS: tl.constexpr, BEIT: tl.constexpr):
-    """Output row pointers of a block of patches: BEiT keeps every patch at its own number n, MAE packs the visible
-    ones at their rank v; a class-token row shifts both by one."""
-    if BEIT:
-        out_row = n
-    else:
-        out_row = v
-    if HAS_CLS:
-        out_row = out_row + 1
-    return out_ptr + b * s_ob + out_row.to(tl.int64) * s_on
 
 
 @triton.jit
@@ -255,29 +216,6 @@ def _row_mean_w3(mu, ha, hb, w3m_ptr, C4A: tl.constexpr, C4B: tl.constexpr, ON: 
         mu += tl.sum(ha.to(tl.float32) * tl.load(w3m_ptr + ca)[:, None], 0)
         mu += tl.sum(hb.to(tl.float32) * tl.load(w3m_ptr + cb)[:, None], 0)
     return mu
-
-
-@triton.jit
-def _write_extra_rows(out_ptr, out_rows, b, v, n, row_ok, vis, cls_ptr, mtok_ptr, pos_ptr, s_ob, s_pn, s_pe, e0,
-                      E: tl.constexpr, HAS_CLS: tl.constexpr, BEIT: tl.constexpr, HAS_POS: tl.constexpr,
-                      BLOCK_E: tl.constexpr):
-    """Rows the GEMMs do not produce: the class token (written by each sample's row v == 0) and mask tokens."""
-    offs_e = e0 + tl.arange(0, BLOCK_E)
-    e_ok = offs_e < E
-    if HAS_CLS:
-        first = row_ok & (v == 0)
-        c = tl.load(cls_ptr + offs_e, mask=e_ok, other=0.0).to(tl.float32)
-        cv = tl.where(first[:, None], c[None, :], 0.0)
-        tl.store(out_ptr + b[:, None] * s_ob + offs_e[None, :], cv.to(out_ptr.dtype.element_ty),
-                 mask=first[:, None] & e_ok[None, :])
-    if BEIT:
-        hid = row_ok & (vis == 0)
-        m = hid[:, None] & e_ok[None, :]
-        t = tl.load(mtok_ptr + offs_e, mask=e_ok, other=0.0).to(tl.float32)
-        y = tl.where(hid[:, None], t[None, :], 0.0)
-        if HAS_POS:
-            y += tl.load(pos_ptr + n[:, None] * s_pn + offs_e[None, :] * s_pe, mask=m, other=0.0).to(tl.float32)
-        tl.store(out_rows[:, None] + offs_e[None, :], y.to(out_ptr.dtype.element_ty), mask=m)
 
 
 @triton.jit
@@ -489,22 +427,31 @@ class HMLPStemWeights:
     def device(self) -> torch.device:
         return self.w1.device
 
+    def tensors(self) -> list[torch.Tensor]:
+        names = ("w1", "b1", "w2", "b2", "w3", "b3", "ln_w", "ln_b", "ln3_w", "ln3_b", "w3_mean")
+        return [t for t in (getattr(self, n) for n in names) if t is not None]
 
-def prepare_hmlp_stem(folded: dict, dtype: torch.dtype = torch.bfloat16,
+
+def prepare_hmlp_stem(folded, dtype: torch.dtype = torch.bfloat16,
                       device: torch.device | str | None = None) -> HMLPStemWeights:
-    """Pack `threethings_fast.folding.fold_stem(stem)` of an hMLP stem (kind "hmlp_bn" or "hmlp_ln") for the kernel.
+    """Pack a folded hMLP stem for the kernel.
+
+    folded: an object with attributes `norm` ("bn": BatchNorm folded into the convs, or "ln"), `w1`, `b1`, `w2`, `b2`,
+    `w3`, `b3` (convs (E/4, C, 4, 4), (E/4, E/4, 2, 2), (E, E/4, 2, 2) and their biases) and, for "ln",
+    `ln_weights` / `ln_biases` (three vectors each) and `eps` — `threethings_fast.stem_fold.HMLPStemFold`.
 
     Weights go to `dtype` (the kernel's compute and output dtype), biases and LN parameters stay fp32. The hidden
     width C4 = E/4 is stored as two power-of-two parts C4A + C4B (`split_hidden`; exact for E = 384, 768, 1024)
     and 16·in_chans is zero-padded to a power of two (>= 16, the smallest tl.dot tile). Run once at load time.
     """
-    kind = folded.get("kind")
-    if kind not in ("hmlp_bn", "hmlp_ln"):
-        raise ValueError(f"prepare_hmlp_stem needs a folded hMLP stem (kind 'hmlp_bn' or 'hmlp_ln'), got {kind!r}")
+    norm = getattr(folded, "norm", None)
+    if norm not in ("bn", "ln") or not hasattr(folded, "w3"):
+        raise ValueError(f"prepare_hmlp_stem needs a folded hMLP stem (norm 'bn' or 'ln' and convs w1..w3), got "
+                         f"{type(folded).__name__}")
     if dtype not in FLOAT_DTYPES:
         raise TypeError(f"dtype must be one of {FLOAT_DTYPES}, got {dtype}")
     f64 = torch.float64
-    w1, w2, w3 = (folded[k].detach().to(f64) for k in ("w1", "w2", "w3"))
+    w1, w2, w3 = (t.detach().to(f64) for t in (folded.w1, folded.w2, folded.w3))
     c4, c_in = w1.shape[0], w1.shape[1]
     e = w3.shape[0]
     if w1.shape[2:] != (4, 4) or w2.shape != (c4, c4, 2, 2) or w3.shape != (e, c4, 2, 2):
@@ -527,132 +474,27 @@ def prepare_hmlp_stem(folded: dict, dtype: torch.dtype = torch.bfloat16,
     w3_lp = p_w3.to(dtype)
     fp32 = dict(dtype=torch.float32, device=device)
     out = dict(
-        norm=kind.split("_")[1], in_chans=c_in, embed_dim=e, hidden=c4,
+        norm=norm, in_chans=c_in, embed_dim=e, hidden=c4,
         w1=p_w1.to(device=device, dtype=dtype).contiguous(),
-        b1=pad(folded["b1"].to(f64), (c4t,)).to(**fp32),
+        b1=pad(folded.b1.to(f64), (c4t,)).to(**fp32),
         w2=p_w2.to(device=device, dtype=dtype).contiguous(),
-        b2=pad(folded["b2"].to(f64), (c4t,)).to(**fp32),
+        b2=pad(folded.b2.to(f64), (c4t,)).to(**fp32),
         w3=w3_lp.to(device=device).contiguous(),
-        b3=folded["b3"].to(f64).to(**fp32).contiguous(),
+        b3=folded.b3.to(f64).to(**fp32).contiguous(),
     )
-    if kind == "hmlp_ln":
+    if norm == "ln":
+        ln_w, ln_b = folded.ln_weights, folded.ln_biases
         out.update(
-            ln_w=torch.stack([pad(folded[f"ln{i}_w"].to(f64), (c4t,)) for i in (1, 2)]).to(**fp32),
-            ln_b=torch.stack([pad(folded[f"ln{i}_b"].to(f64), (c4t,)) for i in (1, 2)]).to(**fp32),
-            ln3_w=folded["ln3_w"].to(f64).to(**fp32).contiguous(),
-            ln3_b=folded["ln3_b"].to(f64).to(**fp32).contiguous(),
+            ln_w=torch.stack([pad(ln_w[i].to(f64), (c4t,)) for i in (0, 1)]).to(**fp32),
+            ln_b=torch.stack([pad(ln_b[i].to(f64), (c4t,)) for i in (0, 1)]).to(**fp32),
+            ln3_w=ln_w[2].to(f64).to(**fp32).contiguous(),
+            ln3_b=ln_b[2].to(f64).to(**fp32).contiguous(),
             # channel mean of stage 3 as a linear map of h2, from the weights the kernel actually multiplies
             w3_mean=w3_lp.to(f64).mean(dim=1).to(**fp32).contiguous(),
-            b3_mean=float(folded["b3"].to(f64).to(torch.float32).to(f64).mean()),
-            eps=float(folded.get("eps", 1e-6)),
+            b3_mean=float(folded.b3.to(f64).to(torch.float32).to(f64).mean()),
+            eps=float(folded.eps),
         )
     return HMLPStemWeights(**out)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Masking arguments (shared with patch_embed)
-# ---------------------------------------------------------------------------------------------------------------
-def resolve_masking(B: int, N: int, visible_idx: Optional[torch.Tensor], mask: Optional[torch.Tensor],
-                    mask_token: Optional[torch.Tensor], device: torch.device):
-    """Normalise the user's masking arguments to what the registered ops take: (visible_idx, mask, mask_token).
-
-    - nothing: all patches.
-    - visible_idx (B, N_vis) int32/int64: MAE, those patches in that order.
-    - mask (B, N) bool, True = masked, no mask_token: MAE with ascending visible indices. Every sample must keep
-      the same number of patches (ValueError otherwise). This path reads the counts: a host sync. Pass
-      visible_idx to stay sync-free.
-    - mask_token (E,) with mask or visible_idx: BEiT, returned as (None, mask, mask_token); a mask may hide a
-      different number of patches per sample. visible_idx is turned into a mask without a sync.
-    """
-    if mask is not None and visible_idx is not None:
-        raise ValueError("pass either mask or visible_idx, not both")
-    if mask is not None:
-        if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
-            raise TypeError(f"mask must be a bool tensor (B, N) with True = masked, got "
-                            f"{mask.dtype if isinstance(mask, torch.Tensor) else type(mask).__name__}")
-        if tuple(mask.shape) != (B, N):
-            raise ValueError(f"mask must have shape (B, N) = ({B}, {N}), got {tuple(mask.shape)}")
-        if mask.device != device:
-            raise RuntimeError(f"mask must be on {device}, got {mask.device}")
-    if visible_idx is not None:
-        if not isinstance(visible_idx, torch.Tensor) or visible_idx.dtype not in (torch.int32, torch.int64):
-            raise TypeError("visible_idx must be an int32/int64 tensor (B, N_vis)")
-        if visible_idx.dim() != 2 or visible_idx.shape[0] != B or visible_idx.shape[1] > N:
-            raise ValueError(f"visible_idx must have shape (B, N_vis) = ({B}, <= {N}), got "
-                             f"{tuple(visible_idx.shape)}")
-        if visible_idx.device != device:
-            raise RuntimeError(f"visible_idx must be on {device}, got {visible_idx.device}")
-    if mask_token is not None:
-        if mask is None and visible_idx is None:
-            raise ValueError("mask_token (BEiT mode) needs mask or visible_idx")
-        if visible_idx is not None:
-            mask = torch.ones(B, N, dtype=torch.bool, device=device).scatter(1, visible_idx.long(), False)
-        return None, mask, mask_token
-    if mask is not None:
-        from threethings_fast.reference.stems import mask_to_indices  # the documented host-sync path
-        return mask_to_indices(mask), None, None
-    return visible_idx, None, None
-
-
-def _flat_vector(t: Optional[torch.Tensor], name: str, E: int) -> Optional[torch.Tensor]:
-    if t is None:
-        return None
-    if not isinstance(t, torch.Tensor) or t.numel() != E:
-        raise ValueError(f"{name} must hold E = {E} values ((E,) or (1, 1, E)), got "
-                         f"{tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}")
-    return t.reshape(E)
-
-
-def _flat_pos(pos: Optional[torch.Tensor], N: int, E: int) -> Optional[torch.Tensor]:
-    if pos is None:
-        return None
-    if not isinstance(pos, torch.Tensor) or pos.shape[-2:] != (N, E) or pos.numel() != N * E:
-        raise ValueError(f"pos must have shape (N, E) or (1, N, E) = ({N}, {E}), got "
-                         f"{tuple(pos.shape) if isinstance(pos, torch.Tensor) else type(pos).__name__}")
-    return pos.reshape(N, E)
-
-
-def check_stem_inputs(images, in_chans: int, E: int, patch: int, pos, cls, visible_idx, mask, mask_token):
-    """Validate the arguments of a stem op (metadata only); return (B, N, Hp, Wp, S, out_shape)."""
-    check_tensor(images, "images", ndim=4, contiguous=False)
-    B, C, H, W = images.shape
-    if C != in_chans:
-        raise ValueError(f"images must have {in_chans} channels (the stem's in_chans), got shape {tuple(images.shape)}")
-    if H <= 0 or W <= 0 or H % patch or W % patch:
-        raise ValueError(f"image height and width must be positive multiples of {patch}, got {H}×{W}")
-    Hp, Wp = H // patch, W // patch
-    N = Hp * Wp
-    if pos is not None:
-        check_tensor(pos, "pos", ndim=2, shape=(N, E), contiguous=False)
-    for t, name in ((cls, "cls"), (mask_token, "mask_token")):
-        if t is not None:
-            check_tensor(t, name, ndim=1, shape=(E,), contiguous=False)
-    if visible_idx is not None:
-        check_tensor(visible_idx, "visible_idx", ndim=2, dtypes=(torch.int32, torch.int64), contiguous=False)
-        if visible_idx.shape[0] != B or visible_idx.shape[1] > N:
-            raise ValueError(f"visible_idx must have shape (B, N_vis) = ({B}, <= {N}), got "
-                             f"{tuple(visible_idx.shape)}")
-    if mask is not None:
-        check_tensor(mask, "mask", ndim=2, shape=(B, N), dtypes=(torch.bool,), contiguous=False)
-    beit = mask_token is not None
-    if beit and mask is None:
-        raise ValueError("mask_token (BEiT mode) needs mask (B, N)")
-    if mask is not None and not beit:
-        raise ValueError("a mask without mask_token: pass visible_idx for MAE mode (see resolve_masking)")
-    if beit and visible_idx is not None:
-        raise ValueError("BEiT mode takes mask, not visible_idx")
-    check_same_device(images=images, pos=pos, cls=cls, visible_idx=visible_idx, mask=mask, mask_token=mask_token)
-    S = visible_idx.shape[1] if visible_idx is not None else N
-    out_shape = (B, int(cls is not None) + S, E)
-    return B, N, Hp, Wp, S, out_shape
-
-
-def row_order(mask: Optional[torch.Tensor], visible_idx: Optional[torch.Tensor]):
-    """(idx (B, S) or None, mask as uint8 or None): BEiT rows are every patch, visible first (stable sort)."""
-    if mask is not None:
-        order = torch.sort(mask.to(torch.int8), dim=1, stable=True).indices
-        return order, mask.view(torch.uint8)
-    return visible_idx, None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -780,7 +622,7 @@ def hmlp_stem(images: torch.Tensor, prepared: HMLPStemWeights, pos: Optional[tor
     B, _, H, W = images.shape
     N = (H // PATCH) * (W // PATCH)
     E = prepared.embed_dim
-    pos, cls, mask_token = _flat_pos(pos, N, E), _flat_vector(cls, "cls", E), _flat_vector(mask_token,
+    pos, cls, mask_token = flat_pos(pos, N, E), flat_vector(cls, "cls", E), flat_vector(mask_token,
                                                                                          "mask_token", E)
     visible_idx, mask, mask_token = resolve_masking(B, N, visible_idx, mask, mask_token, images.device)
     p = prepared
@@ -799,29 +641,6 @@ def hmlp_stem(images: torch.Tensor, prepared: HMLPStemWeights, pos: Optional[tor
 # ---------------------------------------------------------------------------------------------------------------
 # Reference
 # ---------------------------------------------------------------------------------------------------------------
-def _select_tokens(tokens, pos, cls, visible_idx, mask, mask_token):
-    """Apply pos / masking / class token to full-grid tokens (B, N, E) in their dtype."""
-    B, N, E = tokens.shape
-    dt = tokens.dtype
-    if pos is not None:
-        tokens = tokens + pos.reshape(N, E).to(dt)
-    if mask_token is not None:
-        m = mask if mask is not None else torch.ones(B, N, dtype=torch.bool, device=tokens.device).scatter(
-            1, visible_idx.long(), False)
-        t = mask_token.reshape(1, 1, E).to(dt)
-        if pos is not None:
-            t = t + pos.reshape(1, N, E).to(dt)
-        tokens = torch.where(m[:, :, None], t, tokens)
-    elif visible_idx is not None or mask is not None:
-        if visible_idx is None:
-            from threethings_fast.reference.stems import mask_to_indices
-            visible_idx = mask_to_indices(mask)
-        tokens = torch.gather(tokens, 1, visible_idx.long()[:, :, None].expand(-1, -1, E))
-    if cls is not None:
-        tokens = torch.cat([cls.reshape(1, 1, E).to(dt).expand(B, 1, E), tokens], 1)
-    return tokens
-
-
 def hmlp_stem_ref(images: torch.Tensor, folded: dict, pos=None, cls=None, visible_idx=None, mask=None,
                   mask_token=None, dtype: Optional[torch.dtype] = None, upcast: bool = False) -> torch.Tensor:
     """Plain-PyTorch hMLP stem from `fold_stem` weights (three strided convs), then pos / masking / class token.
@@ -833,13 +652,14 @@ def hmlp_stem_ref(images: torch.Tensor, folded: dict, pos=None, cls=None, visibl
     import torch.nn.functional as F
     dt = torch.float64 if upcast else (dtype or images.dtype)
     x = images.to(dt)
-    ln = folded["kind"] == "hmlp_ln"
-    for i in (1, 2, 3):
-        x = F.conv2d(x, folded[f"w{i}"].to(dt), folded[f"b{i}"].to(dt), stride=4 if i == 1 else 2)
+    ln = folded.norm == "ln"
+    convs = ((folded.w1, folded.b1, 4), (folded.w2, folded.b2, 2), (folded.w3, folded.b3, 2))
+    for i, (w, b, stride) in enumerate(convs, start=1):
+        x = F.conv2d(x, w.to(dt), b.to(dt), stride=stride)
         if ln:
-            x = F.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1],), folded[f"ln{i}_w"].to(dt),
-                             folded[f"ln{i}_b"].to(dt), folded["eps"]).permute(0, 3, 1, 2)
+            x = F.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1],), folded.ln_weights[i - 1].to(dt),
+                             folded.ln_biases[i - 1].to(dt), folded.eps).permute(0, 3, 1, 2)
         if i < 3:
             x = F.gelu(x)
     tokens = x.flatten(2).transpose(1, 2)
-    return _select_tokens(tokens, pos, cls, visible_idx, mask, mask_token)
+    return select_tokens(tokens, pos, cls, visible_idx, mask, mask_token)

@@ -30,8 +30,8 @@ import triton.language as tl
 from ._common import (FLOAT_DTYPES, autotuned, check_out, check_same_device, check_tensor, device_guard,
                       gdc_launch_dependents, gdc_wait, launch_choice, pdl_enabled, pdl_launch_kwargs, register_op,
                       skip_launch, wrap_triton)
-from .hmlp_stem import (_flat_pos, _flat_vector, _patch_rows, _select_tokens, _token_rows, _write_extra_rows,
-                        check_stem_inputs, resolve_masking, row_order)
+from ._stem_common import (_patch_rows, _token_rows, _write_extra_rows, check_stem_inputs, flat_pos, flat_vector,
+                           resolve_masking, row_order, select_tokens)
 
 __all__ = ["patch_embed", "patch_embed_ref"]
 
@@ -229,7 +229,7 @@ def patch_embed(images: torch.Tensor, weight: torch.Tensor, bias: Optional[torch
     B, _, H, W = images.shape
     N = (H // p) * (W // p)
     E = weight.shape[0]
-    pos, cls, mask_token = _flat_pos(pos, N, E), _flat_vector(cls, "cls", E), _flat_vector(mask_token,
+    pos, cls, mask_token = flat_pos(pos, N, E), flat_vector(cls, "cls", E), flat_vector(mask_token,
                                                                                          "mask_token", E)
     visible_idx, mask, mask_token = resolve_masking(B, N, visible_idx, mask, mask_token, images.device)
     if out is None:
@@ -257,4 +257,4 @@ def patch_embed_ref(images: torch.Tensor, weight: torch.Tensor, bias: Optional[t
         weight = weight.reshape(weight.shape[0], images.shape[1], p, p)
     p = weight.shape[-1]
     x = F.conv2d(images.to(dt), weight.to(dt), None if bias is None else bias.to(dt), stride=p)
-    return _select_tokens(x.flatten(2).transpose(1, 2), pos, cls, visible_idx, mask, mask_token)
+    return select_tokens(x.flatten(2).transpose(1, 2), pos, cls, visible_idx, mask, mask_token)

@@ -1,4 +1,9 @@
-"""FusedViT: the folded inference model. Eval only; weights pre-packed once at convert time."""
+"""Fused inference models: folded weights executed by a backend's ops. Eval only; weights packed once at convert time.
+
+`FusedModel` is what every family's fused model is: frozen packed weights, one dtype and device, a forward that
+checks its input and runs the family's fused forward over the backend's ops. `FusedViT` adds what only the ViT has:
+the C++ engine (one op per forward) and `refold`.
+"""
 from __future__ import annotations
 
 from typing import Iterable
@@ -6,13 +11,71 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from ..folding import fold_block, fold_embed_and_head
+from ..models.vit.folding import fold_block, fold_embed_and_head
+from ..models.vit.forward import vit_forward
 from ..validation import check_images, concrete_device
-from .forward import vit_forward
 from .weights import FusedWeights
 
 
-class FusedViT(nn.Module):
+class FusedModel(nn.Module):
+    """Inference-only fused model built by `threethings_fast.convert`.
+
+    forward(images (B, C, H, W) in the model's dtype, on its device) -> logits (B, num_classes).
+    The weights are frozen, folded copies: changing the source model afterwards does not change this one.
+    """
+
+    def __init__(self, weights, ops, dtype: torch.dtype, device: torch.device, family=None):
+        super().__init__()
+        from ..models import FAMILIES
+        self.family = family or FAMILIES["vit"]
+        self.config = weights.config
+        self.weights = weights
+        self.ops = ops
+        self.dtype = dtype
+        self.device = concrete_device(device)
+        self._forward = self.family.forwarder()
+        self.eval()
+
+    @property
+    def backend(self) -> str:
+        return self.ops.name
+
+    def extra_repr(self) -> str:
+        return f"family={self.family.name}, backend={self.backend}, dtype={self.dtype}, device={self.device}, " \
+               f"config={self.config}"
+
+    def train(self, mode: bool = True):
+        if mode:
+            raise RuntimeError(f"{type(self).__name__} is inference-only (its weights are folded copies); train the "
+                               "reference model and convert it again")
+        return super().train(False)
+
+    def _apply(self, fn, *args, **kwargs):
+        raise RuntimeError(f"{type(self).__name__} weights are packed for one dtype/device at convert time; call "
+                           "threethings_fast.convert(model, dtype=..., device=...) instead of .to()/.cuda()/.half()")
+
+    def _check(self, images: torch.Tensor) -> None:
+        if self.training:  # set directly through the attribute
+            raise RuntimeError(f"{type(self).__name__} is inference-only; call .eval()")
+        cfg = self.config
+        check_images(images, in_chans=cfg.in_chans, img_size=cfg.img_size, patch_size=cfg.patch_size,
+                     dtype=self.dtype, device=self.device, who=type(self).__name__)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        self._check(images)
+        with torch.no_grad():
+            return self._forward(self.ops, self.weights, images)
+
+    def capture(self, batch_sizes):
+        """CUDA graphs of this model's forward for the given batch sizes (`threethings_fast.fused.graphs`): a
+        callable that replays one graph per call. The backends launch without host synchronisation, so a whole
+        forward becomes one replay. Its output is a static buffer, overwritten by the next call of the same batch
+        size."""
+        from .graphs import capture
+        return capture(self, batch_sizes)
+
+
+class FusedViT(FusedModel):
     """Inference-only fused ViT built by `threethings_fast.convert`.
 
     forward(images (B, C, H, W) in the model's dtype, on its device) -> logits (B, num_classes).
@@ -21,17 +84,7 @@ class FusedViT(nn.Module):
     """
 
     def __init__(self, weights: FusedWeights, ops, dtype: torch.dtype, device: torch.device):
-        super().__init__()
-        self.config = weights.config
-        self.weights = weights
-        self.ops = ops
-        self.dtype = dtype
-        self.device = concrete_device(device)
-        self.eval()
-
-    @property
-    def backend(self) -> str:
-        return self.ops.name
+        super().__init__(weights, ops, dtype, device)
 
     def extra_repr(self) -> str:
         c = self.config
@@ -41,34 +94,12 @@ class FusedViT(nn.Module):
                 f"K={c.num_parallel}, D={c.embed_dim}, heads={c.num_heads}, stem={c.stem}, img_size={c.img_size}, "
                 f"patch={c.patch_size}, pool={c.global_pool}{tokens}")
 
-    def train(self, mode: bool = True):
-        if mode:
-            raise RuntimeError("FusedViT is inference-only (its weights are folded copies); train the reference "
-                               "model and convert it again")
-        return super().train(False)
-
-    def _apply(self, fn, *args, **kwargs):
-        raise RuntimeError("FusedViT weights are packed for one dtype/device at convert time; call "
-                           "threethings_fast.convert(model, dtype=..., device=...) instead of .to()/.cuda()/.half()")
-
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        if self.training:  # set directly through the attribute
-            raise RuntimeError("FusedViT is inference-only; call .eval()")
-        cfg = self.config
-        check_images(images, in_chans=cfg.in_chans, img_size=cfg.img_size, patch_size=cfg.patch_size,
-                     dtype=self.dtype, device=self.device, who="FusedViT")
+        self._check(images)
         with torch.no_grad():
             if getattr(self.ops, "runs_whole_forward", False):   # the C++ engine: one op call per forward
                 return self.ops.run(self.weights, images)
             return vit_forward(self.ops, self.weights, images)
-
-    def capture(self, batch_sizes):
-        """CUDA graphs of this model's forward for the given batch sizes (`threethings_fast.fused.graphs`): a
-        callable that replays one graph per call. The backends launch without host synchronisation, so a whole
-        forward — 131 launches of the C++ engine for S18x2 — becomes one replay. Its output is a static buffer,
-        overwritten by the next call of the same batch size."""
-        from .graphs import capture
-        return capture(self, batch_sizes)
 
     @torch.no_grad()
     def refold(self, model: nn.Module, parts: Iterable[str] = ("attn", "head", "pos")) -> "FusedViT":

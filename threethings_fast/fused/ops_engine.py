@@ -12,9 +12,12 @@ This module packs the folded weights into the op's weight list and config (the l
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from ..folding import head_layout
+from ..models.vit.folding import head_layout
+from ..stem_fold import LinearStemFold, StemFold
 from ..validation import check_image_dtype
 from .weights import FusedWeights, cast_common
 
@@ -34,17 +37,25 @@ def _conv2x2_as_gemm(w: torch.Tensor) -> torch.Tensor:
     return w.permute(0, 2, 3, 1).reshape(w.shape[0], -1)
 
 
-def pack_stem(stem: dict, dtype: torch.dtype, device) -> list[torch.Tensor]:
-    """fold_stem's dict (float64) -> the engine's stem tensors, in the run dtype."""
+@dataclass(frozen=True)
+class EngineStem:
+    """The stem as the engine's op takes it: `tensors` in the order of csrc/engine/engine.h, the LN stem's eps."""
+
+    tensors: tuple
+    eps: float = 1e-6
+
+
+def pack_stem(stem: StemFold, dtype: torch.dtype, device) -> list[torch.Tensor]:
+    """A float64 folded stem (`stem_fold.fold_stem`) -> the engine's stem tensors, in the run dtype."""
     def c(t):
         return t.to(dtype=dtype, device=device).contiguous()
-    if stem["kind"] == "linear":
-        return [c(_pad_columns(stem["weight"])), c(stem["bias"])]
-    w1 = stem["w1"]
-    tensors = [c(_pad_columns(w1.reshape(w1.shape[0], -1))), c(stem["b1"]), c(_conv2x2_as_gemm(stem["w2"])),
-               c(stem["b2"]), c(_conv2x2_as_gemm(stem["w3"])), c(stem["b3"])]
-    if stem["kind"] == "hmlp_ln":
-        tensors += [c(stem[f"ln{i}_{p}"]) for i in (1, 2, 3) for p in ("w", "b")]
+    if isinstance(stem, LinearStemFold):
+        return [c(_pad_columns(stem.weight)), c(stem.bias)]
+    w1 = stem.w1
+    tensors = [c(_pad_columns(w1.reshape(w1.shape[0], -1))), c(stem.b1), c(_conv2x2_as_gemm(stem.w2)),
+               c(stem.b2), c(_conv2x2_as_gemm(stem.w3)), c(stem.b3)]
+    if stem.norm == "ln":
+        tensors += [c(t) for pair in zip(stem.ln_weights, stem.ln_biases) for t in pair]
     return tensors
 
 
@@ -59,8 +70,9 @@ def config_lists(cfg, head_out: int, stem_eps: float = 1e-6) -> tuple[list[int],
     return ints, eps
 
 
-def engine_config(weights: FusedWeights, stem: dict) -> tuple[list[int], list[float]]:
-    return config_lists(weights.config, weights.head_w.shape[0], stem.get("eps", 1e-6))
+def engine_config(weights: FusedWeights, stem) -> tuple[list[int], list[float]]:
+    """`stem`: an EngineStem or a folded stem (both carry the LN stem's eps; a linear stem has none)."""
+    return config_lists(weights.config, weights.head_w.shape[0], getattr(stem, "eps", 1e-6))
 
 
 class EngineOps:
@@ -84,11 +96,8 @@ class EngineOps:
         return weights
 
     @staticmethod
-    def prepare_stem(stem: dict, dtype: torch.dtype, device) -> dict:
-        packed = {"kind": stem["kind"], "tensors": pack_stem(stem, dtype, device)}
-        if stem["kind"] == "hmlp_ln":
-            packed["eps"] = stem["eps"]
-        return packed
+    def prepare_stem(stem: StemFold, dtype: torch.dtype, device) -> EngineStem:
+        return EngineStem(tensors=tuple(pack_stem(stem, dtype, device)), eps=getattr(stem, "eps", 1e-6))
 
     @staticmethod
     def cuda_problem(weights: FusedWeights, dtype: torch.dtype) -> str:
@@ -122,7 +131,7 @@ class EngineOps:
             head_b = weights.head_b.new_zeros(padded_rows)
         head_w[:rows].copy_(weights.head_w)
         head_b[:rows].copy_(weights.head_b)
-        tensors = list(weights.stem["tensors"]) + [weights.prefix, weights.pos_patches]
+        tensors = list(weights.stem.tensors) + [weights.prefix, weights.pos_patches]
         if weights.norm_pre is not None:
             tensors += [weights.norm_pre["weight"], weights.norm_pre["bias"]]
         for blk in weights.blocks:

@@ -14,7 +14,7 @@ import warnings
 
 import torch
 
-from .forward import vit_forward
+from ..models.vit.forward import vit_forward
 from .weights import FusedWeights
 
 ENGINE_MAX_BATCH = 8

@@ -6,7 +6,25 @@ import torch
 import torch.nn.functional as F
 
 from .weights import FusedWeights, cast_common
+from ..stem_fold import LinearStemFold, StemFold
 from ..validation import check_image_dtype
+
+
+def stem_tokens(images: torch.Tensor, stem: StemFold) -> torch.Tensor:
+    """Patch tokens (B, N_p, E) of images (B, C, H, W) through a folded stem, in the stem's dtype."""
+    if isinstance(stem, LinearStemFold):
+        p = stem.patch
+        t = F.conv2d(images, stem.weight.view(stem.embed_dim, images.shape[1], p, p), stem.bias, stride=p)
+    else:
+        t = images
+        for i, (w, b, stride) in enumerate(stem.convs()):
+            t = F.conv2d(t, w, b, stride=stride)
+            if stem.norm == "ln":
+                t = F.layer_norm(t.permute(0, 2, 3, 1), (t.shape[1],), stem.ln_weights[i], stem.ln_biases[i],
+                                 stem.eps).permute(0, 3, 1, 2)
+            if i < 2:
+                t = F.gelu(t)
+    return t.flatten(2).transpose(1, 2)
 
 
 class TorchOps:
@@ -35,32 +53,52 @@ class TorchOps:
 
     # -- weight preparation -------------------------------------------------------------------------------------
     def prepare(self, folded: dict, dtype: torch.dtype, device) -> FusedWeights:
-        stem = {k: (v.to(dtype=dtype, device=device).contiguous() if isinstance(v, torch.Tensor) else v)
-                for k, v in folded["stem"].items()}
-        return FusedWeights(config=folded["config"], stem=stem, **cast_common(folded, dtype, device))
+        return FusedWeights(config=folded["config"], stem=folded["stem"].to(dtype, device),
+                            **cast_common(folded, dtype, device))
 
     # -- ops ----------------------------------------------------------------------------------------------------
     def embed(self, images: torch.Tensor, weights: FusedWeights) -> torch.Tensor:
         check_image_dtype(images, weights.pos_patches.dtype, "FusedViT")
-        stem = weights.stem
-        if stem["kind"] == "linear":
-            p = stem["patch"]
-            w = stem["weight"].view(stem["weight"].shape[0], images.shape[1], p, p)
-            t = F.conv2d(images, w, stem["bias"], stride=p)
-        else:
-            t = images
-            for i, k in ((1, 4), (2, 2), (3, 2)):
-                t = F.conv2d(t, stem[f"w{i}"], stem[f"b{i}"], stride=k)
-                if stem["kind"] == "hmlp_ln":
-                    t = F.layer_norm(t.permute(0, 2, 3, 1), (t.shape[1],), stem[f"ln{i}_w"], stem[f"ln{i}_b"],
-                                     stem["eps"]).permute(0, 3, 1, 2)
-                if i < 3:
-                    t = F.gelu(t)
-        tokens = t.flatten(2).transpose(1, 2) + weights.pos_patches      # (B, N_p, D)
+        tokens = stem_tokens(images, weights.stem) + weights.pos_patches      # (B, N_p, D)
         if not weights.prefix.shape[0]:
             return tokens.contiguous()
         prefix = weights.prefix.expand(tokens.shape[0], -1, -1)
         return torch.cat([prefix, tokens], dim=1)
+
+    @staticmethod
+    def prepare_stem(stem: StemFold, dtype: torch.dtype, device) -> StemFold:
+        return stem.to(dtype, device)
+
+    @staticmethod
+    def stem_tokens(images, stem: StemFold, pos=None, cls=None) -> torch.Tensor:
+        tokens = stem_tokens(images, stem)
+        if pos is not None:
+            tokens = tokens + pos
+        if cls is None:
+            return tokens.contiguous()
+        return torch.cat([cls.reshape(1, 1, -1).expand(tokens.shape[0], 1, -1), tokens], dim=1)
+
+    @staticmethod
+    def token_linear(x, w, b, activation=None, scale=None, shift=None, gate=None, residual=None):
+        # matmul broadcasts w over the samples and reads x[b] (N, D) as it lies: no transposed copy
+        y = torch.matmul(w, x)
+        if scale is not None and shift is not None:
+            y = torch.addcmul(shift, y, scale, out=y)          # one pass for the folded affine
+        elif scale is not None:
+            y.mul_(scale)
+        elif shift is not None:
+            y.add_(shift)
+        if b is not None:
+            y.add_(b[:, None])
+        if activation == "gelu":
+            y = torch.ops.aten.gelu_(y)
+        elif activation is not None:
+            raise ValueError(f"unknown activation {activation!r}")
+        if gate is not None:
+            y.mul_(gate)
+        if residual is not None:
+            y.add_(residual)
+        return y
 
     @staticmethod
     def normalize(x: torch.Tensor, eps: float) -> torch.Tensor:

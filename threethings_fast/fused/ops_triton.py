@@ -1,4 +1,4 @@
-"""The Triton backend: the fused forward (threethings_fast.fused.forward) on the Triton kernels of
+"""The Triton backend: the fused forward (threethings_fast.models.vit.forward) on the Triton kernels of
 threethings_fast.triton_kernels. Per block, with norm="separate" (default): normalize, linear (QKV), attention over
 K*H heads, linear (+residual), normalize, linear (+GELU), linear (+residual) — 7 launches whatever K is. With
 norm="fused": the residual GEMMs also write their output's row statistics (per 32-column slot) and the QKV / fc1
@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from .weights import FusedWeights, cast_common
+from ..stem_fold import LinearStemFold, StemFold
 from ..validation import check_image_dtype
 
 NORM_MODES = ("separate", "fused")
@@ -47,17 +48,24 @@ class TritonOps:
         if head_dim not in self.tk.SUPPORTED_HEAD_DIMS:
             raise ValueError(f"backend='triton': head_dim {head_dim} is not supported (the attention kernel takes "
                              f"{', '.join(map(str, self.tk.SUPPORTED_HEAD_DIMS))}); use backend='torch'")
-        stem = folded["stem"]
-        if stem["kind"] == "linear":
-            prepared = {"kind": "linear", "patch": stem["patch"],
-                        "weight": stem["weight"].to(dtype=dtype, device=device).contiguous(),
-                        "bias": stem["bias"].to(dtype=torch.float32, device=device).contiguous()}
-        else:
-            prepared = {"kind": stem["kind"], "packed": self.tk.prepare_hmlp_stem(stem, dtype, device)}
+        prepared = self.prepare_stem(folded["stem"], dtype, device)
         common = cast_common(folded, dtype, device)
         weights = FusedWeights(config=folded["config"], stem=prepared, **common)
         self.refresh(weights)
         return weights
+
+    def prepare_stem(self, stem: StemFold, dtype: torch.dtype, device):
+        """The linear stem's weight in the run dtype with an fp32 bias (added in the accumulator), or the hMLP
+        stem packed for its kernel (`triton_kernels.HMLPStemWeights`)."""
+        if isinstance(stem, LinearStemFold):
+            return stem.to(dtype, device, bias_dtype=torch.float32)
+        return self.tk.prepare_hmlp_stem(stem, dtype, device)
+
+    def stem_tokens(self, images, stem, pos, cls):
+        """(B, N_p, E) patch tokens + pos, with `cls` (E,) written at token 0 when given."""
+        if isinstance(stem, LinearStemFold):
+            return self.tk.patch_embed(images, stem.weight, stem.bias, pos=pos, cls=cls, patch_size=stem.patch)
+        return self.tk.hmlp_stem(images, stem, pos=pos, cls=cls)
 
     def refresh(self, weights: FusedWeights) -> None:
         """Recompute what is derived from the packed weights (norm="fused": the column sums), in place.
@@ -87,16 +95,11 @@ class TritonOps:
     def embed(self, images: torch.Tensor, weights: FusedWeights) -> torch.Tensor:
         # The stem kernels cast their input by design (standalone use); the model does not.
         check_image_dtype(images, weights.pos_patches.dtype, "FusedViT")
-        stem = weights.stem
         prefix = weights.prefix
         # One prefix row (the class token + its position: the paper's models) is written at token 0 in-kernel;
         # with more (distillation / register tokens) the others are put in front by one concatenation.
         cls = prefix[-1] if prefix.shape[0] else None
-        if stem["kind"] == "linear":
-            tokens = self.tk.patch_embed(images, stem["weight"], stem["bias"], pos=weights.pos_patches, cls=cls,
-                                         patch_size=stem["patch"])
-        else:
-            tokens = self.tk.hmlp_stem(images, stem["packed"], pos=weights.pos_patches, cls=cls)
+        tokens = self.stem_tokens(images, weights.stem, weights.pos_patches, cls)
         if prefix.shape[0] <= 1:
             return tokens
         return torch.cat([prefix[:-1].expand(tokens.shape[0], -1, -1), tokens], dim=1)
@@ -124,6 +127,10 @@ class TritonOps:
             return y, _Normed(y, stats, then_normalize)
         y = self.tk.linear(x, w, b, residual=residual, activation=activation, **norm)
         return y if then_normalize is None else (y, self.normalize(y, then_normalize))
+
+    def token_linear(self, x, w, b, activation=None, scale=None, shift=None, gate=None, residual=None):
+        return self.tk.token_linear(x, w, b, activation=activation, scale=scale, shift=shift, gate=gate,
+                                    residual=residual)
 
     def attention(self, qkv, num_heads, head_dim):
         return self.tk.attention(qkv, num_heads, head_dim, 1.0)

@@ -1,4 +1,4 @@
-"""The packed, run-dtype weights a fused model executes with (see threethings_fast.folding for the math)."""
+"""The packed, run-dtype weights a fused model executes with (see threethings_fast.models.vit.folding for the math)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -13,7 +13,8 @@ from ..configs import ViTConfig
 class FusedWeights:
     """Everything one forward reads, already in the run dtype and on the run device.
 
-    stem:        backend-specific prepared stem (the torch backend keeps fold_stem's dict, cast)
+    stem:        the backend's prepared stem: the torch backend's is the folded stem cast (`stem_fold`), Triton's the
+                 cast linear stem or the hMLP kernel's packed weights, the engine's an `EngineStem`
     prefix:      (P, D)      prefix-token rows (class / distillation / register tokens with their positions); P may
                              be 0
     pos_patches: (N_p, D)    patch position embeddings
@@ -43,8 +44,11 @@ class FusedWeights:
         yield self.head_b
         for block in self.blocks:
             yield from block.tensors().values()
-        if isinstance(self.stem, dict):
-            yield from (v for v in self.stem.values() if isinstance(v, torch.Tensor))
+        stem_tensors = getattr(self.stem, "tensors", None)
+        if callable(stem_tensors):      # a folded stem, or the hMLP kernel's packed weights
+            yield from stem_tensors()
+        elif stem_tensors is not None:  # the engine's EngineStem
+            yield from stem_tensors
 
 
 def cast_common(folded: dict, dtype: torch.dtype, device) -> dict:
@@ -60,3 +64,42 @@ def cast_common(folded: dict, dtype: torch.dtype, device) -> dict:
         "head_w": c(folded["head_w"]),
         "head_b": c(folded["head_b"]),
     }
+
+
+@dataclass
+class PackedModel:
+    """An MLP-family model's folded weights (`models/<family>/fold.py`): float64 from the fold, the run dtype after
+    `pack`.
+
+    stem:    a folded stem (`stem_fold`), or the backend's prepared one after `pack`
+    blocks:  one dict of tensors per block, named by the family's forward
+    head_w, head_b: (C, D), (C,) the head with the final norm's affine folded in
+    Tensors named "*_scale" / "*_shift" are epilogue operands of a token GEMM: they stay at least float32 (the
+    kernels apply them in the fp32 accumulator, so a bf16 run does not round the folded affine).
+    """
+
+    config: Any
+    stem: Any
+    blocks: list
+    head_w: torch.Tensor
+    head_b: torch.Tensor
+
+    def tensors(self):
+        yield self.head_w
+        yield self.head_b
+        for block in self.blocks:
+            yield from block.values()
+        stem_tensors = getattr(self.stem, "tensors", None)
+        if callable(stem_tensors):
+            yield from stem_tensors()
+
+    def pack(self, ops, dtype: torch.dtype, device) -> "PackedModel":
+        """The backend's copy: every tensor cast once to `dtype` on `device`, the stem prepared by `ops`."""
+        wide = torch.promote_types(dtype, torch.float32)
+
+        def cast(name, t):
+            dt = wide if name.endswith(("_scale", "_shift")) else dtype
+            return t.to(dtype=dt, device=device).contiguous()
+        return PackedModel(config=self.config, stem=ops.prepare_stem(self.stem, dtype, device),
+                           blocks=[{k: cast(k, v) for k, v in blk.items()} for blk in self.blocks],
+                           head_w=cast("head_w", self.head_w), head_b=cast("head_b", self.head_b))

@@ -15,6 +15,8 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from ..masking import _check_mask, indices_to_mask, mask_to_indices  # noqa: F401  (mask helpers are public here too)
+
 
 class LayerNorm2d(nn.LayerNorm):
     """LayerNorm over the channel dim of an NCHW tensor, independently at each (h, w)."""
@@ -90,31 +92,6 @@ def build_stem(stem: str, patch_size: int, in_chans: int, embed_dim: int, bias: 
 # batch size, so in float64 mask-before equals mask-after bit for bit (tests/test_stem.py). Comparing with
 # `forward` (one conv over the whole image) is exact only up to the conv backend's blocking (~1e-15 in float64).
 
-def mask_to_indices(mask: torch.Tensor) -> torch.Tensor:
-    """Visible patch indices (B, N_vis) int64, ascending, from a bool mask (B, N) with True = masked.
-
-    Raises ValueError unless every sample has the same number of visible patches (MAE batches are rectangular).
-    Reads the per-sample counts on the host: a device sync for CUDA masks.
-    """
-    _check_mask(mask)
-    visible = ~mask
-    counts = visible.sum(1)
-    if mask.shape[0] > 0 and not bool((counts == counts[0]).all()):
-        raise ValueError(
-            "MAE-style masking needs the same number of visible patches in every sample; got per-sample visible "
-            f"counts {counts.tolist()}. Use mode='beit' (mask token) or pass visible_idx (B, N_vis).")
-    n_vis = int(counts[0]) if mask.shape[0] > 0 else 0
-    # stable sort of the 0/1 mask puts visible patches first, each group in ascending patch order
-    order = torch.sort(mask.to(torch.int8), dim=1, stable=True).indices
-    return order[:, :n_vis].contiguous()
-
-
-def indices_to_mask(visible_idx: torch.Tensor, num_patches: int) -> torch.Tensor:
-    """Bool mask (B, num_patches), True = masked, from visible indices (B, N_vis)."""
-    mask = torch.ones(visible_idx.shape[0], num_patches, dtype=torch.bool, device=visible_idx.device)
-    return mask.scatter(1, visible_idx.long(), False)
-
-
 def extract_patches(x: torch.Tensor, patch: int) -> torch.Tensor:
     """(B, C, H, W) -> (B, N, C, patch, patch), patches in row-major grid order (the stems' token order)."""
     B, C, H, W = x.shape
@@ -122,14 +99,6 @@ def extract_patches(x: torch.Tensor, patch: int) -> torch.Tensor:
         raise ValueError(f"image size ({H}, {W}) must be a multiple of the patch size {patch}")
     p = x.reshape(B, C, H // patch, patch, W // patch, patch).permute(0, 2, 4, 1, 3, 5)
     return p.reshape(B, (H // patch) * (W // patch), C, patch, patch)
-
-
-def _check_mask(mask: torch.Tensor, shape=None) -> None:
-    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or mask.dim() != 2:
-        got = f"{mask.dtype} {tuple(mask.shape)}" if isinstance(mask, torch.Tensor) else type(mask).__name__
-        raise ValueError(f"mask must be a bool tensor (B, N) with True = masked, got {got}")
-    if shape is not None and tuple(mask.shape) != tuple(shape):
-        raise ValueError(f"mask must have shape (B, N) = {tuple(shape)}, got {tuple(mask.shape)}")
 
 
 def stem_forward_masked(stem: nn.Module, x: torch.Tensor, mask: torch.Tensor | None = None,

@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import torch
 
-from ..folding import head_layout
-from .weights import FusedWeights
+from .folding import head_layout
+from ...fused.weights import FusedWeights
 
 
 def vit_forward(ops, weights: FusedWeights, images: torch.Tensor) -> torch.Tensor:

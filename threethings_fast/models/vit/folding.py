@@ -29,10 +29,10 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .configs import ViTConfig
-from .reference.blocks import Block, LayerScale
-from .reference.model import VisionTransformer
-from .reference.stems import HMLPStem, PatchEmbed
+from ...configs import ViTConfig
+from ...reference.blocks import Block, LayerScale
+from ...reference.model import VisionTransformer
+from ...stem_fold import fold_stem
 
 _F64 = torch.float64
 
@@ -106,42 +106,6 @@ def fold_block(block: Block, config: ViTConfig) -> FoldedBlock:
         w_fc1=torch.cat(fc1_rows, 0), b_fc1=torch.cat(fc1_b, 0),
         w_fc2=torch.cat(fc2_cols, 1), b_fc2=b_fc2,
     )
-
-
-@torch.no_grad()
-def fold_stem(stem: nn.Module) -> dict:
-    """Stem weights for the fused model, float64.
-
-    linear:  {"kind": "linear", "weight": (E, C*p*p) with columns ordered (c, ky, kx), "bias": (E,) (zeros when the
-              conv has none), "patch": p}
-    hmlp_bn: {"kind": "hmlp_bn", "w1": (E/4, C, 4, 4), "b1", "w2": (E/4, E/4, 2, 2), "b2", "w3": (E, E/4, 2, 2),
-              "b3"} — eval-mode BatchNorm folded into each conv: W' = W*s, b' = (b - mean)*s + beta,
-              s = gamma / sqrt(var + eps).
-    hmlp_ln: {"kind": "hmlp_ln", "w1", "b1", "w2", "b2", "w3", "b3" (raw convs), "ln1_w", "ln1_b", "ln2_w", "ln2_b",
-              "ln3_w", "ln3_b", "eps"} — the per-position LayerNorm cannot fold; it runs in-kernel.
-    """
-    if isinstance(stem, PatchEmbed):
-        w = stem.proj.weight.detach().to(_F64)
-        bias = stem.proj.bias.detach().to(_F64) if stem.proj.bias is not None else w.new_zeros(w.shape[0])
-        return {"kind": "linear", "weight": w.reshape(w.shape[0], -1), "bias": bias, "patch": stem.patch_size}
-    if isinstance(stem, HMLPStem):
-        convs = [stem.proj[i] for i in (0, 3, 6)]
-        norms = [stem.proj[i] for i in (1, 4, 7)]
-        out = {"kind": f"hmlp_{stem.norm_kind}"}
-        for i, (conv, norm) in enumerate(zip(convs, norms), start=1):
-            w = conv.weight.detach().to(_F64)
-            b = conv.bias.detach().to(_F64)
-            if stem.norm_kind == "bn":
-                s = norm.weight.detach().to(_F64) / torch.sqrt(norm.running_var.detach().to(_F64) + norm.eps)
-                w = w * s[:, None, None, None]
-                b = (b - norm.running_mean.detach().to(_F64)) * s + norm.bias.detach().to(_F64)
-            else:
-                out[f"ln{i}_w"] = norm.weight.detach().to(_F64)
-                out[f"ln{i}_b"] = norm.bias.detach().to(_F64)
-                out["eps"] = norm.eps
-            out[f"w{i}"], out[f"b{i}"] = w, b
-        return out
-    raise TypeError(f"cannot fold stem of type {type(stem).__name__}")
 
 
 @torch.no_grad()

@@ -1,0 +1,48 @@
+"""The ops protocol: what a backend provides so that every family's fused forward (`models/<family>/forward.py`) runs
+on it. Forwards are written once over these calls; backends ("torch", "triton") implement them.
+
+Shapes: M rows (tokens of all samples), D the row width, B samples of N tokens.
+"""
+from __future__ import annotations
+
+from typing import Optional, Protocol, runtime_checkable
+
+import torch
+
+
+@runtime_checkable
+class FusedOps(Protocol):
+    name: str
+
+    def prepare_stem(self, stem, dtype: torch.dtype, device):
+        """A folded stem (`stem_fold.LinearStemFold` / `HMLPStemFold`, float64) -> what `stem_tokens` takes."""
+
+    def stem_tokens(self, images: torch.Tensor, stem, pos: Optional[torch.Tensor],
+                    cls: Optional[torch.Tensor]) -> torch.Tensor:
+        """images (B, C, H, W) -> (B, [1 +] N_p, E) patch tokens (+ pos (N_p, E)); `cls` (E,) written as row 0."""
+
+    def layer_norm(self, x: torch.Tensor, eps: float, weight=None, bias=None) -> torch.Tensor:
+        """(M, D) -> (M, D): LayerNorm over the last dim, with affine when given."""
+
+    def normalize(self, x: torch.Tensor, eps: float):
+        """x̂ = LayerNorm(x) without affine, as whatever `linear` accepts for x (a tensor, or a handle with row
+        statistics when the GEMM normalises in its epilogue)."""
+
+    def linear(self, x, w: torch.Tensor, b: Optional[torch.Tensor], activation: Optional[str] = None,
+               residual: Optional[torch.Tensor] = None, workspace: Optional[str] = None,
+               then_normalize: Optional[float] = None):
+        """x (M, K) @ w (N, K)ᵀ + b (N,) [-> GELU] [+ residual (M, N), possibly in place] -> (M, N); with
+        then_normalize=eps returns (y, normalize(y, eps))."""
+
+    def attention(self, qkv: torch.Tensor, num_heads: int, head_dim: int) -> torch.Tensor:
+        """qkv (B, N, 3·H·d), q pre-scaled -> (B, N, H·d)."""
+
+    def token_linear(self, x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor],
+                     activation: Optional[str] = None, scale: Optional[torch.Tensor] = None,
+                     shift: Optional[torch.Tensor] = None, gate: Optional[torch.Tensor] = None,
+                     residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Mixing across tokens, with no transposed copy of x: for every sample b,
+            y[b] = w (N', N) @ x[b] (N, D)  [* scale (D,)]  [+ shift (N', D)]  [+ b (N',) per row]  [-> GELU]
+                   [* gate[b] (N', D)]  [+ residual[b] (N', D)]
+        x (B, N, D) -> (B, N', D). `scale` / `shift` carry a LayerNorm affine folded through the token GEMM
+        (gMLP's spatial gating unit); `gate` is its elementwise gate."""

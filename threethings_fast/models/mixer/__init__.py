@@ -1,0 +1,9 @@
+"""MLP-Mixer (Tolstikhin et al. 2021): config, reference model, MACs and timm interop side by side."""
+from .config import ALIASES, MODEL_TABLE, TINY_TABLE, MixerConfig, from_name, list_models, resolve_name
+from .interop import export_timm, from_timm, read_timm
+from .macs import count_macs
+from .reference import ChannelMixingBranch, MixerBlock, MlpMixer, TokenMixingBranch
+
+__all__ = ["ALIASES", "MODEL_TABLE", "TINY_TABLE", "MixerConfig", "from_name", "list_models", "resolve_name",
+           "export_timm", "from_timm", "read_timm", "count_macs", "ChannelMixingBranch", "MixerBlock", "MlpMixer",
+           "TokenMixingBranch"]
