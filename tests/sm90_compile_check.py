@@ -94,6 +94,7 @@ def build_variants() -> list[Variant]:
     att = importlib.import_module(f"{PKG}.attention")
     hms = importlib.import_module(f"{PKG}.hmlp_stem")
     pem = importlib.import_module(f"{PKG}.patch_embed")
+    tok = importlib.import_module(f"{PKG}.token_linear")
     out: list[Variant] = []
 
     # normalize: (x dtype, y dtype, D). BLOCK_D = next_power_of_2(D): 384 -> 512; 1024 and MAX_D = 8192 are large.
@@ -299,6 +300,25 @@ def build_variants() -> list[Variant]:
                         BEIT=False, DOT_PREC="ieee", USE_PDL=pdl),
             ptrs=pe_ptrs, num_warps=warps, num_stages=stages, ones=("s_iw", "s_wk", "s_pe"),
             not_div16=("R", "S", "N", "WP"), tensor_cores=dt != "fp32", cost=6.0))
+
+    # token_linear: the MLP families' token GEMM at Mixer-B/16's sizes (N = 196 tokens, D = 768), each epilogue that
+    # changes the code: Mixer's fc1 (scale + shift + GELU), its fc2 (bias + residual), gMLP's gate, and fp32 IEEE.
+    tok_meta = tok._meta(196, 768)
+    tok_warps, tok_stages = tok_meta.pop("num_warps"), tok_meta.pop("num_stages")
+    for dt, epi, flags in [("bf16", "scale+shift+gelu", dict(HAS_SCALE=True, HAS_SHIFT=True, ACTIVATION=1)),
+                           ("bf16", "bias+residual", dict(HAS_BIAS=True, HAS_RESIDUAL=True)),
+                           ("fp16", "scale+shift+gate", dict(HAS_SCALE=True, HAS_SHIFT=True, HAS_GATE=True)),
+                           ("fp32", "scale+shift+gelu", dict(HAS_SCALE=True, HAS_SHIFT=True, ACTIVATION=1))]:
+        consts = dict(HAS_BIAS=False, HAS_SCALE=False, HAS_SHIFT=False, ACTIVATION=0, HAS_GATE=False,
+                      HAS_RESIDUAL=False, DOT_PREC="ieee", **tok_meta)
+        consts.update(flags)
+        tok_ptrs = {n: f"*{dt}" for n in ("w_ptr", "x_ptr", "g_ptr", "r_ptr", "y_ptr")}
+        tok_ptrs.update(b_ptr="*fp32", s_ptr="*fp32", t_ptr="*fp32")
+        out.append(Variant(
+            name=f"token_linear/{dt}/{tok_meta['BLOCK_M']}x{tok_meta['BLOCK_D']}x{tok_meta['BLOCK_K']}/{epi}",
+            module="token_linear", kernel="_token_linear_kernel", consts=consts, ptrs=tok_ptrs,
+            num_warps=tok_warps, num_stages=tok_stages, not_div16=("M", "N", "D", "stride_wm", "stride_xn"),
+            tensor_cores=dt != "fp32", cost=4.0))
     return out
 
 
@@ -485,7 +505,7 @@ def _worker_init():
     # channel clean by sending the worker's stdout to stderr.
     os.dup2(2, 1)
     try:  # import torch and the kernel modules now, so compile_s measures compilation only
-        for mod in ("normalize", "linear", "attention", "hmlp_stem", "patch_embed"):
+        for mod in ("normalize", "linear", "attention", "hmlp_stem", "patch_embed", "token_linear"):
             importlib.import_module(f"{PKG}.{mod}")
     except Exception:  # noqa: BLE001 - run_variant reports the import error per variant
         pass
