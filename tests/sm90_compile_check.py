@@ -113,6 +113,14 @@ def build_variants() -> list[Variant]:
             ptrs=dict(x_ptr=f"*{xt}", y_ptr=f"*{yt}"),
             num_warps=warps, num_stages=3, floats=("eps",), not_div16=("M", "D"), cost=1.5))
 
+    # normalize_tokens (the feed-forward-only model's LayerNorm over tokens): N = 197 tokens -> BLOCK_N 256.
+    for xt in ("bf16", "fp32"):
+        out.append(Variant(
+            name=f"normalize_tokens/{xt}/N197/BLOCK_N256xBLOCK_D32", module="normalize",
+            kernel="_normalize_tokens_kernel", consts=dict(BLOCK_N=256, BLOCK_D=32),
+            ptrs=dict(x_ptr=f"*{xt}", y_ptr=f"*{xt}"), num_warps=8, num_stages=1, floats=("eps",),
+            not_div16=("N", "D", "stride_xn"), cost=1.0))
+
     # linear: first config of each autotune list (16-bit) and the fp32 IEEE meta, every epilogue, including the
     # norm="fused" ones: the normalising epilogue of QKV / fc1 (row statistics of an S-width stream, D = 384: 12
     # slots of 32) and the residual GEMM that writes its output's statistics.

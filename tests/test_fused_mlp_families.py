@@ -9,6 +9,7 @@ from helpers import assert_within_bound, randomize, rel_err
 from threethings_fast.fused.model import FusedModel
 from threethings_fast.fused.ops_torch import TorchOps
 from threethings_fast.fused.protocol import FusedOps
+from threethings_fast.models import Family
 
 # (name, overrides): K = 1, 2, 3 for the families that have parallel blocks; every stem; odd widths and grids
 MODELS = [
@@ -23,6 +24,12 @@ MODELS = [
     ("gmlp_tiny_2", {}),
     ("gmlp_tiny_p16", {"stem": "hmlp_ln"}),
     ("gmlp_tiny_p16", {"num_classes": 0}),
+    ("ffonly_test_a", {}),
+    ("ffonly_test_b", {}),
+    ("ffonly_test_c", {}),
+    ("vip_test_a", {}),
+    ("vip_test_b", {}),
+    ("vip_test_c", {}),
 ]
 
 
@@ -58,6 +65,7 @@ def test_float64_fused_equals_reference(name, kw):
     x = images(model, 3)
     fused = ttf.convert(model, backend="torch")
     assert isinstance(fused, FusedModel) and fused.family.name == name.split("_")[0]
+    assert all(t.dtype == torch.float64 for t in fused.weights.tensors())
     out = fused(x)
     ref = model(x)
     assert out.shape == ref.shape
@@ -112,8 +120,12 @@ def test_family_errors_are_clear():
         fused(torch.zeros(1, 4, 32, 32, dtype=torch.float64))
     with pytest.raises(RuntimeError, match="inference-only"):
         fused.train()
+    no_fused_path = Family(name="x", title="X", config="threethings_fast.configs:ViTConfig",
+                           reference="threethings_fast.reference.model:VisionTransformer",
+                           resolve_name="threethings_fast.configs:resolve_name",
+                           list_names="threethings_fast.configs:list_models")
     with pytest.raises(NotImplementedError, match="reference model only"):
-        ttf.convert(ttf.create_model("vip_test_a"))
+        no_fused_path.folder()
     nan = family_model("mixer_tiny_2x1")
     with torch.no_grad():
         nan.head.bias[0] = float("nan")
@@ -121,8 +133,11 @@ def test_family_errors_are_clear():
         ttf.convert(nan, backend="torch")
 
 
+TRITON_CASES = [MODELS[i] for i in (1, 5, 9, 12, 16)]     # Mixer K=2, ResMLP K=2, gMLP LN-hMLP, FF-only, ViP
+
+
 @pytest.mark.interpreter
-@pytest.mark.parametrize("name, kw", [MODELS[1], MODELS[5], MODELS[9]], ids=[_id(MODELS[i]) for i in (1, 5, 9)])
+@pytest.mark.parametrize("name, kw", TRITON_CASES, ids=[_id(m) for m in TRITON_CASES])
 def test_triton_backend_matches_reference(name, kw):
     pytest.importorskip("triton")
     from helpers import kernels_runnable

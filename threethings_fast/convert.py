@@ -37,11 +37,11 @@ def convert(model: Union[nn.Module, Mapping, str, os.PathLike], backend: str = "
                weights_only=True: `read_checkpoint`). A state dict does not store the number of heads: give
                `num_heads` (the rest is read from its keys and shapes, see `infer_config`) or a `config` (name or
                ViTConfig).
-             - an MLP-family model: this package's MLP-Mixer, ResMLP or gMLP reference (`create_model("mixer_b16_224")`,
-               K-parallel variants included), timm's `MlpMixer` of those three families, or a state dict in their
-               (timm) layout with `config` set to the family's name or config. Vision Permutator and feed-forward-only
-               models have reference models only: NotImplementedError. The result is a `FusedModel` (a `FusedViT`
-               for ViTs); the C++ engine and norm="fused" are ViT-only.
+             - an MLP-family model: this package's MLP-Mixer, ResMLP, gMLP, Vision Permutator or feed-forward-only
+               reference (`create_model("mixer_b16_224")`, K-parallel variants included), timm's `MlpMixer` of the
+               first three families, or a state dict in the family's layout (timm's; the official one for ViP and
+               feed-forward-only) with `config` set to the family's name or config. The result is a `FusedModel`
+               (a `FusedViT` for ViTs); the C++ engine and norm="fused" are ViT-only.
              Modules are read exactly (heads, eps, patch size, tokens, pooling, stem); anything the fused path cannot
              reproduce (qk-norm, SwiGLU, a tanh GELU, attention pooling, a custom block, dropout active in train
              mode, ...) raises ValueError naming it.

@@ -6,9 +6,13 @@ an eval-mode BatchNorm with affine 2 per element; GELU, softmax, additions and t
 head runs on the class token only.
 
     ViT-B/16 at 224, linear stem: 17.58 GMACs;   with the hMLP stem: 17.73 GMACs (+0.8%).
+
+`count_macs` and `forward_flops` take a config of any family (threethings_fast.models): a ViTConfig is counted here,
+any other config by its family's `models/<family>/macs.py`, in the same convention.
 """
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 
 from .configs import ViTConfig
@@ -60,7 +64,10 @@ def block_macs(cfg: ViTConfig, num_tokens: int, count_norms: bool = True) -> int
 
 
 def count_macs(cfg: ViTConfig, img_size: int | None = None, count_norms: bool = True) -> MacCount:
-    """MACs per image of the reference model `cfg` at `img_size` (default cfg.img_size)."""
+    """MACs per image of the reference model `cfg` at `img_size` (default cfg.img_size). Another family's config is
+    counted by that family's `count_macs`."""
+    if not isinstance(cfg, ViTConfig):
+        return family_count_macs(cfg)(cfg, img_size=img_size, count_norms=count_norms)
     img = img_size or cfg.img_size
     n = (img // cfg.patch_size) ** 2 + 1
     head = cfg.embed_dim * cfg.num_classes
@@ -70,6 +77,14 @@ def count_macs(cfg: ViTConfig, img_size: int | None = None, count_norms: bool = 
                     head=head)
 
 
+def family_count_macs(cfg):
+    """The `count_macs(config, img_size=None, count_norms=True)` of the family of a non-ViT config (TypeError for
+    an object no family knows). Imported on use: the family modules import this one."""
+    from .models import family_of
+    return importlib.import_module(f"threethings_fast.models.{family_of(cfg).name}").count_macs
+
+
 def forward_flops(cfg: ViTConfig, img_size: int | None = None) -> int:
-    """FLOPs (2 per MAC) of the matmul work alone, per image: what TFLOP/s figures are computed from."""
+    """FLOPs (2 per MAC) of the matmul work alone, per image: what TFLOP/s figures are computed from. Any family's
+    config (norms not counted)."""
     return 2 * count_macs(cfg, img_size, count_norms=False).total

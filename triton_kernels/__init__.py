@@ -4,6 +4,7 @@ Pure functions on tensors, one file per op. Each op is also registered with torc
 (via ``triton_op`` + ``wrap_triton``) so torch.compile and CUDA graphs can trace it.
 
     normalize(x, eps=1e-6, out_dtype=None)                                   -> ttf::normalize
+    normalize_tokens(x, eps=1e-6)     (over the token axis of (B, N, D))     -> ttf::normalize_tokens
     row_stats(x) -> RowStats                                                  -> ttf::row_stats
     linear(x, weight, bias=None, residual=None, activation=None,
            out_dtype=None, allow_tf32=False,
@@ -35,7 +36,7 @@ from ._common import NAMESPACE, interpreter_active
 from .attention import SUPPORTED_HEAD_DIMS, attention, attention_ref
 from ._common import RowStats
 from .linear import STAT_W, column_sums, linear, linear_ref
-from .normalize import normalize, normalize_ref, row_stats, row_stats_ref
+from .normalize import normalize, normalize_ref, normalize_tokens, normalize_tokens_ref, row_stats, row_stats_ref
 
 from .hmlp_stem import HMLPStemWeights, hmlp_stem, hmlp_stem_ref, prepare_hmlp_stem
 from .patch_embed import patch_embed, patch_embed_ref
@@ -46,6 +47,8 @@ __all__ = [
     "interpreter_active",
     "normalize",
     "normalize_ref",
+    "normalize_tokens",
+    "normalize_tokens_ref",
     "linear",
     "linear_ref",
     "column_sums",

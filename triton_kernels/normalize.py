@@ -33,7 +33,11 @@ from ._common import (FLOAT_DTYPES, RowStats, cached_check, check_out, check_ten
                       gdc_launch_dependents, gdc_wait, next_power_of_2, pdl_enabled, pdl_launch_kwargs, register_op,
                       skip_launch, wrap_triton)
 
-__all__ = ["normalize", "normalize_ref", "row_stats", "row_stats_ref", "RowStats", "MAX_D"]
+__all__ = ["normalize", "normalize_ref", "row_stats", "row_stats_ref", "RowStats", "MAX_D", "normalize_tokens",
+           "normalize_tokens_ref", "MAX_TOKENS"]
+
+#: Largest token count `normalize_tokens` holds per column in registers (a 64×64 grid plus a class token fits).
+MAX_TOKENS = 4096
 
 #: Largest row length one program holds in registers (ViT-H is 1280; 8192 keeps register pressure sane).
 MAX_D = 8192
@@ -82,6 +86,35 @@ def _normalize_kernel(
         rstd = 1.0 / tl.sqrt(m2 / D + eps)  # 1/sqrt rather than rsqrt: bit-closer to torch's layer_norm
         y = xc * rstd[:, None]
         tl.store(y_ptr + rows64[:, None] * stride_ym + cols[None, :], y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _normalize_tokens_kernel(
+    # pointers
+    x_ptr,  # (B, N, D) input, strides (stride_xb, stride_xn, 1)
+    y_ptr,  # (B, N, D) normalised over N, contiguous
+    # sizes
+    N, D,
+    # strides
+    stride_xb, stride_xn,
+    # scalars
+    eps,
+    # meta-parameters
+    BLOCK_N: tl.constexpr,  # next power of two >= N: a column block lives in registers
+    BLOCK_D: tl.constexpr,  # channels per program, contiguous in memory (coalesced rows of BLOCK_D values)
+):
+    b = tl.program_id(1).to(tl.int64)
+    cols = tl.program_id(0) * BLOCK_D + tl.arange(0, BLOCK_D)
+    toks = tl.arange(0, BLOCK_N)
+    mask = (toks < N)[:, None] & (cols < D)[None, :]
+    x = tl.load(x_ptr + b * stride_xb + toks.to(tl.int64)[:, None] * stride_xn + cols[None, :], mask=mask,
+                other=0.0).to(tl.float32)
+    mean = tl.sum(x, axis=0) / N
+    xc = tl.where(mask, x - mean[None, :], 0.0)       # two-pass, as `normalize`
+    rstd = 1.0 / tl.sqrt(tl.sum(xc * xc, axis=0) / N + eps)
+    y = xc * rstd[None, :]
+    tl.store(y_ptr + b * N * D + toks.to(tl.int64)[:, None] * D + cols[None, :], y.to(y_ptr.dtype.element_ty),
+             mask=mask)
 
 
 def _normalize_meta(D: int) -> tuple[int, int, int]:
@@ -150,6 +183,52 @@ def _row_stats_op(x: torch.Tensor) -> torch.Tensor:
 
 
 _row_stats_registered = register_op("row_stats", _row_stats_op)
+
+
+def _normalize_tokens_op(x: torch.Tensor, eps: float) -> torch.Tensor:
+    check_tensor(x, "x", ndim=3, contiguous=False)
+    B, N, D = x.shape
+    if x.stride(-1) != 1:
+        raise ValueError(f"x must have unit stride along its last dim (channels), got strides {tuple(x.stride())}")
+    if N < 1 or N > MAX_TOKENS:
+        raise ValueError(f"x must have 1 <= N <= {MAX_TOKENS} tokens (dim 1), got shape {tuple(x.shape)}")
+    if not isinstance(eps, (int, float)) or not eps >= 0:
+        raise ValueError(f"eps must be a non-negative float, got {eps!r}")
+    y = torch.empty((B, N, D), dtype=x.dtype, device=x.device)
+    if y.numel() == 0 or skip_launch(x):
+        return y
+    block_n = next_power_of_2(N)
+    block_d = max(1, min(64, next_power_of_2(D), 8192 // block_n))   # ~8K fp32 values per program
+    with device_guard(x):
+        wrap_triton(_normalize_tokens_kernel)[(triton.cdiv(D, block_d), B)](
+            x, y, N, D, x.stride(0), x.stride(1), eps, BLOCK_N=block_n, BLOCK_D=block_d,
+            num_warps=4 if block_n * block_d <= 4096 else 8)
+    return y
+
+
+_normalize_tokens_registered = register_op("normalize_tokens", _normalize_tokens_op)
+
+
+def normalize_tokens(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """LayerNorm without affine over the token axis: for every sample b and channel d,
+    ``y[b, :, d] = (x[b, :, d] − mean) / sqrt(var + eps)`` over the N tokens (the feed-forward-only model's token
+    LayerNorm, whose affine folds into the token GEMM after it). Statistics in fp32, two-pass.
+
+    Args:
+        x: (B, N, D) float16/bfloat16/float32 with unit stride along D, 1 <= N <= MAX_TOKENS, CUDA (CPU only under
+            ``TRITON_INTERPRET=1``).
+
+    Returns:
+        (B, N, D) contiguous, x's dtype. Registered as ``torch.ops.ttf.normalize_tokens(x, eps)``.
+    """
+    return _normalize_tokens_registered(x, float(eps))
+
+
+def normalize_tokens_ref(x: torch.Tensor, eps: float = 1e-6, upcast: bool = False) -> torch.Tensor:
+    """Reference: ``layer_norm`` of x transposed to (B, D, N), transposed back; float64 with upcast=True."""
+    if upcast:
+        x = x.double()
+    return torch.nn.functional.layer_norm(x.transpose(1, 2), (x.shape[1],), eps=eps).transpose(1, 2)
 
 
 def row_stats(x: torch.Tensor) -> RowStats:

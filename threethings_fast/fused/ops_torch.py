@@ -101,6 +101,11 @@ class TorchOps:
         return y
 
     @staticmethod
+    def normalize_tokens(x: torch.Tensor, eps: float) -> torch.Tensor:
+        var, mean = torch.var_mean(x, dim=1, correction=0, keepdim=True)
+        return (x - mean).mul_(torch.rsqrt(var + eps))
+
+    @staticmethod
     def normalize(x: torch.Tensor, eps: float) -> torch.Tensor:
         return F.layer_norm(x, (x.shape[-1],), eps=eps)
 

@@ -128,6 +128,9 @@ class TritonOps:
         y = self.tk.linear(x, w, b, residual=residual, activation=activation, **norm)
         return y if then_normalize is None else (y, self.normalize(y, then_normalize))
 
+    def normalize_tokens(self, x, eps):
+        return self.tk.normalize_tokens(x, eps)
+
     def token_linear(self, x, w, b, activation=None, scale=None, shift=None, gate=None, residual=None):
         return self.tk.token_linear(x, w, b, activation=activation, scale=scale, shift=shift, gate=gate,
                                     residual=residual)

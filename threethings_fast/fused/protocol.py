@@ -28,6 +28,9 @@ class FusedOps(Protocol):
         """x̂ = LayerNorm(x) without affine, as whatever `linear` accepts for x (a tensor, or a handle with row
         statistics when the GEMM normalises in its epilogue)."""
 
+    def normalize_tokens(self, x: torch.Tensor, eps: float) -> torch.Tensor:
+        """(B, N, D) -> (B, N, D): LayerNorm without affine over the token axis (each sample's channel columns)."""
+
     def linear(self, x, w: torch.Tensor, b: Optional[torch.Tensor], activation: Optional[str] = None,
                residual: Optional[torch.Tensor] = None, workspace: Optional[str] = None,
                then_normalize: Optional[float] = None):

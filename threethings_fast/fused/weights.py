@@ -74,6 +74,7 @@ class PackedModel:
     stem:    a folded stem (`stem_fold`), or the backend's prepared one after `pack`
     blocks:  one dict of tensors per block, named by the family's forward
     head_w, head_b: (C, D), (C,) the head with the final norm's affine folded in
+    extra:   other named tensors of the forward (e.g. the class row and positions), cast like the blocks'
     Tensors named "*_scale" / "*_shift" are epilogue operands of a token GEMM: they stay at least float32 (the
     kernels apply them in the fp32 accumulator, so a bf16 run does not round the folded affine).
     """
@@ -83,10 +84,12 @@ class PackedModel:
     blocks: list
     head_w: torch.Tensor
     head_b: torch.Tensor
+    extra: dict = field(default_factory=dict)
 
     def tensors(self):
         yield self.head_w
         yield self.head_b
+        yield from self.extra.values()
         for block in self.blocks:
             yield from block.values()
         stem_tensors = getattr(self.stem, "tensors", None)
@@ -102,4 +105,5 @@ class PackedModel:
             return t.to(dtype=dt, device=device).contiguous()
         return PackedModel(config=self.config, stem=ops.prepare_stem(self.stem, dtype, device),
                            blocks=[{k: cast(k, v) for k, v in blk.items()} for blk in self.blocks],
-                           head_w=cast("head_w", self.head_w), head_b=cast("head_b", self.head_b))
+                           head_w=cast("head_w", self.head_w), head_b=cast("head_b", self.head_b),
+                           extra={k: cast(k, v) for k, v in self.extra.items()})

@@ -6,8 +6,8 @@ folding and fused forward, and one `Family` entry here that names them.
     mixer       mixer.MixerConfig / mixer.MlpMixer               mixer.fold.fold_model       mixer.forward.forward
     resmlp      resmlp.ResMLPConfig / resmlp.ResMLP              ...
     gmlp        gmlp.GMLPConfig / gmlp.GMLP                      ...
-    vip         vip.ViPConfig / vip.VisionPermutator             (reference only so far)
-    ffonly      ffonly.FFOnlyConfig / ffonly.FFOnly              (reference only so far)
+    vip         vip.ViPConfig / vip.VisionPermutator             ...
+    ffonly      ffonly.FFOnlyConfig / ffonly.FFOnly              ...
 
 Entries name their parts as "module:attribute" strings, imported on first use: importing the package stays cheap and
 no family imports another. The ViT's config and reference model keep their historical homes (`configs`,
@@ -93,8 +93,8 @@ FAMILIES: dict[str, Family] = {
     "mixer": _family("mixer", "MLP-Mixer", "MixerConfig", "MlpMixer", fused=True),
     "resmlp": _family("resmlp", "ResMLP", "ResMLPConfig", "ResMLP", fused=True),
     "gmlp": _family("gmlp", "gMLP", "GMLPConfig", "GMLP", fused=True),
-    "vip": _family("vip", "Vision Permutator", "ViPConfig", "VisionPermutator", fused=False),
-    "ffonly": _family("ffonly", "feed-forward-only", "FFOnlyConfig", "FFOnly", fused=False),
+    "vip": _family("vip", "Vision Permutator", "ViPConfig", "VisionPermutator", fused=True),
+    "ffonly": _family("ffonly", "feed-forward-only", "FFOnlyConfig", "FFOnly", fused=True),
 }
 
 
