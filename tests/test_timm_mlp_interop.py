@@ -203,3 +203,32 @@ def test_export_refuses_what_timm_cannot_hold(module, name, overrides, match):
         module.export_timm(cls(module.from_name(name, **overrides)))
     with pytest.raises(ValueError, match="expected a reference"):
         module.export_timm(nn.Linear(2, 2))
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_convert_takes_the_timm_module_as_it_is(name):
+    """ttf.convert(timm module): the family is recognised from timm's block class, the fused model equals timm in
+    float64 and within twice timm's own error in float32."""
+    import threethings_fast as ttf
+    from helpers import assert_within_bound
+    ref_timm = timm_model(name)
+    x = images_for(ref_timm)
+    fused = ttf.convert(ref_timm, backend="torch")
+    assert fused.family.name == name.split("_")[0]
+    with torch.no_grad():
+        want = ref_timm(x)
+        assert rel_err(fused(x), want) <= 1e-10
+        timm32 = copy.deepcopy(ref_timm).float()
+        assert_within_bound(ttf.convert(timm32)(x.float()), timm32(x.float()), want, torch.float32)
+
+
+def test_convert_refuses_an_unknown_timm_mlp_block():
+    import threethings_fast as ttf
+    model = timm_model("mixer_s16_224", randomize=False)
+
+    class OtherBlock(nn.Module):
+        def forward(self, x):
+            return x
+    model.blocks = nn.Sequential(OtherBlock())
+    with pytest.raises(ValueError, match="OtherBlock"):
+        ttf.convert(model)
