@@ -6,6 +6,7 @@ Transformers" (Touvron et al., ECCV 2022).
     ttf.load_state_dict(model, state_dict)                   # deit or timm layout, auto-detected
     sd = ttf.export_state_dict(model, layout="timm")         # or "deit"
     fused = ttf.convert(model)                               # folded inference model
+    mixer = ttf.create_model("mixer_b16_224")                # the MLP families too (threethings_fast.models)
     logits = fused(images)
 """
 import os as _os
@@ -21,10 +22,10 @@ from .checkpoint import (CheckpointError, detect_layout, export_state_dict, infe
                          load_state_dict, read_checkpoint)
 from .configs import ViTConfig, from_name, list_models  # noqa: E402
 from .convert import convert  # noqa: E402
-from .fused import FusedViT  # noqa: E402
+from .fused import FusedModel, FusedViT  # noqa: E402
 from .macs import count_macs  # noqa: E402
 
 __version__ = "0.1.0"
 
 __all__ = ["ViTConfig", "from_name", "list_models", "create_model", "load_state_dict", "export_state_dict",
-           "detect_layout", "infer_config", "read_checkpoint", "CheckpointError", "convert", "FusedViT", "count_macs"]
+           "detect_layout", "infer_config", "read_checkpoint", "CheckpointError", "convert", "FusedModel", "FusedViT", "count_macs"]

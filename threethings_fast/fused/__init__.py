@@ -1,5 +1,5 @@
 """Fused inference models: folded weights executed by a backend (torch, triton)."""
-from .model import FusedViT
-from .weights import FusedWeights
+from .model import FusedModel, FusedViT
+from .weights import FusedWeights, PackedModel
 
-__all__ = ["FusedViT", "FusedWeights"]
+__all__ = ["FusedModel", "FusedViT", "FusedWeights", "PackedModel"]
