@@ -79,8 +79,18 @@ def test_gpu_check_refuses_without_cuda(tmp_path):
     assert run.returncode == 2 and "no CUDA device" in run.stderr
 
 
-def test_gpu_check_logic_on_the_cpu(tmp_path):
-    """The correctness step's own logic (bounds, rows, files) on tiny models, fused[torch] on the CPU."""
+def _gpu_check_module(monkeypatch):
+    import importlib.util
+    monkeypatch.syspath_prepend(str(ROOT / "tests"))
+    spec = importlib.util.spec_from_file_location("gpu_check_script", ROOT / "bench" / "gpu_check.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gpu_check_logic_on_the_cpu(tmp_path, monkeypatch):
+    """The correctness step's own logic (bounds, rows, files) on tiny models, fused[torch] on the CPU: the ViTs, then
+    by default the tiny test model of every family with a fused path (MLP-Mixer, ResMLP, gMLP, ...)."""
     import json
     out = tmp_path / "c.json"
     run = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_check.py"), "--out", str(out), "--cpu-dry-run",
@@ -90,7 +100,38 @@ def test_gpu_check_logic_on_the_cpu(tmp_path):
     record = json.loads(out.read_text())
     assert record["env"]["dtype"] == "bfloat16" and "command" in record["env"]
     rows = record["rows"]
+    families = _gpu_check_module(monkeypatch).default_families(dry_run=True)
+    assert {"mixer_tiny_2x2", "resmlp_tiny_2x2", "gmlp_tiny_2"} <= set(families)
     assert [(r["model"], r["batch"], r["provider"]) for r in rows] == [
-        (m, b, "fused[torch]") for m in ("tiny_2x2", "tiny_4x1") for b in (1, 3)]
+        (m, b, "fused[torch]") for m in ("tiny_2x2", "tiny_4x1", *families) for b in (1, 3)]
     assert all(r["ok"] and r["err"] <= r["bound"] for r in rows)
-    assert "| tiny_2x2 | 1 | fused[torch] |" in out.with_suffix(".md").read_text()
+    md = out.with_suffix(".md").read_text()
+    assert "| tiny_2x2 | 1 | fused[torch] |" in md and "| mixer_tiny_2x2 | 3 | fused[torch] |" in md
+
+
+def test_gpu_check_family_rows_and_their_graph_row(monkeypatch):
+    """On the GPU the families get a fused[triton] row and a fused[triton]+graph row (the replay against float64 and
+    == eager). Here the same logic with fused[torch] and a stand-in replay; the GPU run's default family models are
+    each fusable family's CUDA model of the profiler's families preset."""
+    gc = _gpu_check_module(monkeypatch)
+    from threethings_fast.fused.model import FusedModel
+    from threethings_fast.models import FAMILIES
+    defaults = gc.default_families(dry_run=False)
+    assert defaults[:3] == ["mixer_b16_224", "resmlp_24_224", "gmlp_b16_224"]
+    assert len(defaults) == sum(f.fusable for name, f in FAMILIES.items() if name != "vit")
+    assert gc.FAMILY_BACKENDS == ("fused[triton]", "fused[triton]+graph")
+    captured = []
+
+    def capture(self, batch_sizes):       # a replay that recomputes: equal to eager, bitwise, on the CPU
+        captured.append(list(batch_sizes))
+        return lambda x: self(x)
+
+    monkeypatch.setattr(FusedModel, "capture", capture)
+    rows = []
+    gc.check_model("resmlp_tiny_2x1", [1, 2], ["fused[torch]", "fused[torch]+graph"], rows, lambda: None,
+                   float("inf"), torch.device("cpu"))
+    assert [(r["provider"], r["batch"]) for r in rows] == [("fused[torch]", 1), ("fused[torch]+graph", 1),
+                                                           ("fused[torch]", 2), ("fused[torch]+graph", 2)]
+    assert captured == [[1], [2]]
+    assert all(r["ok"] and r["err"] <= r["bound"] for r in rows)
+    assert [r.get("graph_equal") for r in rows] == [None, True, None, True]

@@ -219,3 +219,62 @@ def test_report_alias_runs_the_preset(tmp_path, capsys):
     assert translate(["--model", "S36x1", "--backend", "torch", "--reps", "3", "--json", "x.json"]) == (
         ["--preset", "report", "--models", "S36x1", "--providers", "reference", "branch_by_branch", "fused[torch]",
          "--reps", "3"], "x.json")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The other families through the profiler (tiny models, CPU)
+# ---------------------------------------------------------------------------------------------------------------
+def test_families_through_the_profiler(tmp_path):
+    import importlib
+    from threethings_fast.models import resolve_any
+    args = ["--models", "tiny_2x1", "mixer_tiny_2x2", "gmlp_tiny_2", "--batches", "1", "2", "--reps", "1",
+            "--warmup", "0", "--providers", "reference", "branch_by_branch", "fused[auto]", "fused[cuda]",
+            "--no-progress", "--no-peak", "--no-plots", "--device", "cpu", "--out", str(tmp_path)]
+    assert main(args) == 0
+    result = json.loads((tmp_path / "profile.json").read_text())
+    assert validate(result) == [] and result["errors"] == []
+    models = result["models"]
+    assert [models[m]["family"] for m in models] == ["vit", "mixer", "gmlp"]
+    for name in ("mixer_tiny_2x2", "gmlp_tiny_2"):   # TFLOP/s from the family's own MAC count
+        cfg = resolve_any(name)
+        own = importlib.import_module(f"threethings_fast.models.{models[name]['family']}").count_macs
+        assert models[name]["flops_per_image"] == 2 * own(cfg, count_norms=False).total
+        assert models[name]["sequential_partner"] is None
+    got = {(r["model"], r["provider"]) for r in result["results"]}
+    assert got == {(m, p) for m in models for p in ("reference", "fused[auto]")}
+    reasons = {(s["model"], s["provider"]): s["reason"] for s in result["skipped"]}
+    assert "ViT reference only" in reasons[("mixer_tiny_2x2", "branch_by_branch")]
+    assert "x1 model" in reasons[("tiny_2x1", "branch_by_branch")]
+    assert reasons[("gmlp_tiny_2", "fused[cuda]")].startswith("the C++ engine runs ViTs only")
+    assert "CUDA" in reasons[("tiny_2x1", "fused[cuda]")]
+    md = (tmp_path / "profile.md").read_text()
+    assert "| mixer_tiny_2x2 | mixer | 2 |" in md and "| gmlp_tiny_2 | gmlp | 1 |" in md      # the models table
+    assert "## Families side by side" in md and "| 2 | gmlp_tiny_2 | gmlp |" in md
+    assert "## Speed-ups of mixer_tiny_2x2" in md                # an xK model keeps its table...
+    assert "branch-by-branch" not in md.split("## Speed-ups of mixer_tiny_2x2")[1].split("##")[0]   # ...ViT-only col
+    assert "## Speed-ups of gmlp_tiny_2" not in md               # x1 models: in the families table
+
+
+def test_families_preset(monkeypatch):
+    import dataclasses
+    from threethings_fast.models import FAMILIES
+    from threethings_fast.profile.cli import default_out, family_peers, parse_args, settings_from_args
+    s = settings_from_args(parse_args(["--preset", "families", "--device", "cpu"]))
+    fusable = [f for f in FAMILIES if f != "vit" and FAMILIES[f].fusable]
+    assert s.models[:4] == ["S12x1", "mixer_s16_224", "resmlp_12_224", "gmlp_s16_224"][:1 + len(fusable[:3])]
+    assert len(s.models) == 1 + len(fusable) and s.notes == []
+    assert (s.batches, s.providers, s.preset) == ([1, 16], ["reference", "fused[auto]", "timm"], "families")
+    assert default_out("cpu", s.preset) == os.path.join("bench", "results", "families_cpu")
+    models, _ = family_peers("cuda")
+    assert models[:4] == ["B12x1", "mixer_b16_224", "resmlp_24_224", "gmlp_b16_224"]
+    from threethings_fast.profile.cli import PRESETS
+    cuda = PRESETS[("cuda", "families")]
+    assert cuda["batches"] == [1, 64, 256]
+    assert cuda["providers"] == ["fused[triton]", "fused[triton]+graph", "timm", "timm+compile"]
+    # a family without a fused path at run time is left out, with a note in the report's header
+    monkeypatch.setitem(FAMILIES, "vip", dataclasses.replace(FAMILIES["vip"], fold=None, forward=None))
+    s = settings_from_args(parse_args(["--preset", "families", "--device", "cpu"]))
+    assert "vip_s7" not in s.models and s.notes == ["vip_s7 (Vision Permutator) left out: no fused path yet"]
+    # explicit --models replace the preset's models and its notes
+    s = settings_from_args(parse_args(["--preset", "families", "--device", "cpu", "--models", "gmlp_tiny_2"]))
+    assert (s.models, s.notes, s.preset) == (["gmlp_tiny_2"], [], "families+custom")

@@ -191,3 +191,85 @@ def test_trace_imports_alone_and_the_modules_have_no_cycle():
 
     for m in graph:
         visit(m, [])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The other families (threethings_fast.models): the same names, a reason where a provider cannot run them
+# ---------------------------------------------------------------------------------------------------------------
+FAMILY_TINY = ("mixer_tiny_2x1", "resmlp_tiny_2x1", "gmlp_tiny_2")
+
+
+@pytest.mark.parametrize("name", FAMILY_TINY)
+def test_family_entries_run_the_cpu_providers(name):
+    from threethings_fast.models import family_of
+    entry = ModelEntry.create(name, "cpu", torch.float32, seed=0)
+    assert entry.family is family_of(entry.config) and entry.family.name == name.split("_")[0]
+    images = torch.randn(2, 3, entry.config.img_size, entry.config.img_size)
+    with torch.no_grad():
+        expected = entry.reference(images)
+    runnable = [n for n in names() if available(n, entry.config, "cpu") is None]
+    assert runnable == ["reference"] + ([] if timm_missing() else ["timm"]) + ["fused[auto]", "fused[torch]"]
+    for provider in runnable:
+        call, cleanup = build(entry, provider, images)
+        with torch.no_grad():
+            out = call()
+        cleanup()
+        assert torch.allclose(out, expected, atol=ATOL[torch.float32], rtol=0), provider
+    if not timm_missing():    # timm's MlpMixer, built from the config (no timm name for a tiny model)
+        assert type(model_of(entry, "timm")).__name__ == "MlpMixer"
+
+
+def test_family_availability_reasons():
+    cfg = {n: ModelEntry.create(n, "cpu", torch.float32, seed=0).config for n in ("mixer_tiny_2x2", "vip_test_a")}
+    mixer, vip = cfg["mixer_tiny_2x2"], cfg["vip_test_a"]
+    assert "ViT reference only" in available("branch_by_branch", mixer, "cpu")
+    for name in ("fused[triton/fusednorm]", "fused[triton/fusednorm]+graph"):
+        assert "runs ViTs only; MLP-Mixer models run fused[triton]" in available(name, mixer, "cpu")
+    for name in ("fused[cuda]", "fused[cuda]+graph"):
+        assert available(name, mixer, "cuda").startswith("the C++ engine runs ViTs only")
+    assert available("fused[triton]", mixer, "cpu").startswith("Triton runs on CUDA")   # fusable: the device rule
+    assert available("compile", mixer, "cpu").startswith("torch.compile providers run on CUDA only")
+    if not timm_missing():
+        assert "K = 2" in available("timm", mixer, "cpu")
+        assert available("timm", vip, "cpu") == "timm has no Vision Permutator model"
+    from threethings_fast.providers.timm_model import timm_unsupported
+    assert "K = 2" in timm_unsupported(mixer) and timm_unsupported(vip) == "timm has no Vision Permutator model"
+    assert "hMLP stem" in timm_unsupported(mixer.replace(num_parallel=1, stem="hmlp_bn", img_size=48,
+                                                         patch_size=16))
+
+
+def test_a_family_without_a_fused_path_is_a_reason(monkeypatch):
+    """`Family.fusable` is read when asked: a family without fold / forward gets "no fused path yet" from every
+    fused provider, before any device rule."""
+    import dataclasses
+    from threethings_fast.models import FAMILIES
+    monkeypatch.setitem(FAMILIES, "vip", dataclasses.replace(FAMILIES["vip"], fold=None, forward=None))
+    cfg = ModelEntry.create("vip_test_a", "cpu", torch.float32, seed=0).config
+    for name in ("fused[auto]", "fused[torch]", "fused[triton]", "fused[triton]+graph"):
+        assert available(name, cfg, "cpu") == ("Vision Permutator: no fused path yet (reference model only; "
+                                               "convert() raises NotImplementedError)"), name
+    assert available("reference", cfg, "cpu") is None
+
+
+def test_family_flops_are_the_family_count_macs():
+    import importlib
+    from threethings_fast.macs import count_macs, forward_flops
+    from threethings_fast.models import FAMILIES, family_of, resolve_any
+    for family in FAMILIES.values():
+        for name in family.names()[:2]:
+            cfg = resolve_any(name)
+            if family.name == "vit":
+                continue
+            own = importlib.import_module(f"threethings_fast.models.{family_of(cfg).name}").count_macs
+            assert forward_flops(cfg) == 2 * own(cfg, count_norms=False).total, name
+            assert count_macs(cfg) == own(cfg)
+    assert forward_flops(from_name("S12x1")) == 2 * count_macs(from_name("S12x1"), count_norms=False).total
+
+
+def test_list_providers_takes_a_family_model():
+    from threethings_fast.profile.cli import format_provider_list
+    text = format_provider_list(torch.device("cpu"), "gmlp_tiny_2")
+    assert text.startswith("providers (on cpu, for gmlp_tiny_2):")
+    assert "skipped here: the C++ engine runs ViTs only; gMLP models run fused[triton] or fused[torch]" in text
+    with pytest.raises(KeyError, match="unknown model name 'nope'"):
+        format_provider_list(torch.device("cpu"), "nope")

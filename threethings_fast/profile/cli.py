@@ -5,6 +5,7 @@
     python -m threethings_fast.profile --models tiny_2x2 tiny_4x1 --batches 1 2 --reps 2 --out /tmp/p
     python -m threethings_fast.profile --trace S18x2:fused[torch]:4     # + a Chrome trace of that config
     python -m threethings_fast.profile --preset report        # the short reference-vs-fused report (make report)
+    python -m threethings_fast.profile --preset families      # the MLP families beside a ViT of about their FLOPs
     python -m threethings_fast.profile --list-providers       # every provider, and whether it can run here
 
 Presets (any explicit option overrides its part of the preset):
@@ -15,6 +16,14 @@ Presets (any explicit option overrides its part of the preset):
     CPU  --preset report   S18x2; batches 1 16; 1 + 5 rounds; reference, branch_by_branch, fused[auto]; written
                            to bench/results/report_<device> (not over the main job's profile)
     CUDA --preset report   the same at batches 1 64, 5 + 50 rounds
+    CPU  --preset families S12x1 (4.6 GMACs) beside mixer_s16_224 (3.8), resmlp_12_224 (3.0), gmlp_s16_224 (4.4),
+                           vip_s7 (6.9), ffonly_tiny (1.4); batches 1 16; 1 + 5 rounds; reference, fused[auto],
+                           timm; written to bench/results/families_<device>
+    CUDA --preset families B12x1 (17.6 GMACs) beside mixer_b16_224 (12.6), resmlp_24_224 (6.0), gmlp_b16_224
+                           (15.8), vip_m7 (16.3), ffonly_base (14.1); batches 1 64 256; 3 + 20 rounds; bfloat16;
+                           fused[triton], fused[triton]+graph, timm, timm+compile
+                           A family whose fused path is missing at run time (models.FAMILIES[...].fusable) is left
+                           out of the families preset, with a note in the report; the ViT is always in.
 Ctrl-C (SIGINT) stops the sweep and still writes profile.json / profile.md with what was measured ("interrupted":
 true in the JSON, exit code 130).
 Providers by default: reference, branch_by_branch, fused[torch], and on CUDA fused[triton], fused[triton]+graph and
@@ -32,8 +41,9 @@ from typing import Optional
 
 import torch
 
-from ..configs import from_name
+from ..models import FAMILIES
 from ..providers import ALIASES, REGISTRY, UnknownProvider, available, names, resolve
+from ..providers.registry import resolve_config
 from .common import Settings, slug
 from .sweep import run_profile
 from .trace import parse_trace_spec
@@ -41,6 +51,36 @@ from .trace import parse_trace_spec
 DEFAULT_PROVIDERS = ["reference", "branch_by_branch", "fused[torch]", "fused[triton]", "fused[triton]+graph",
                      "fused[triton/fusednorm]", "fused[triton/fusednorm]+graph"]
 REPORT_PROVIDERS = ["reference", "branch_by_branch", "fused[auto]"]
+# The families preset: per family, its (CPU, CUDA) model, each of about the matmul MACs of the family's ViT peer
+# (GMACs per 224-px image in the comments, threethings_fast.macs).
+FAMILY_PEERS = {
+    "vit": ("S12x1", "B12x1"),                         # 4.6 / 17.6
+    "mixer": ("mixer_s16_224", "mixer_b16_224"),       # 3.8 / 12.6
+    "resmlp": ("resmlp_12_224", "resmlp_24_224"),      # 3.0 / 6.0
+    "gmlp": ("gmlp_s16_224", "gmlp_b16_224"),          # 4.4 / 15.8
+    "vip": ("vip_s7", "vip_m7"),                       # 6.9 / 16.3
+    "ffonly": ("ffonly_tiny", "ffonly_base"),          # 1.4 / 14.1
+}
+FAMILIES_PROVIDERS = {"cpu": ["reference", "fused[auto]", "timm"],
+                      "cuda": ["fused[triton]", "fused[triton]+graph", "timm", "timm+compile"]}
+
+
+def family_peers(kind: str) -> tuple[list[str], list[str]]:
+    """The families preset's models on `kind` ("cpu" / "cuda") and notes on the families it leaves out: the ViT,
+    then every family with a fused path now (`Family.fusable`, read at run time) and a peer in FAMILY_PEERS."""
+    column = 0 if kind == "cpu" else 1
+    models, notes = [], []
+    for name, family in FAMILIES.items():
+        peer = FAMILY_PEERS.get(name)
+        if peer is None:
+            notes.append(f"{family.title}: no model of the families preset (FAMILY_PEERS in profile/cli.py)")
+        elif name != "vit" and not family.fusable:
+            notes.append(f"{peer[column]} ({family.title}) left out: no fused path yet")
+        else:
+            models.append(peer[column])
+    return models, notes
+
+
 PRESETS = {
     ("cpu", "quick"): dict(models=["S36x1", "S18x2"], batches=[1, 2, 4, 8], warmup=1, reps=4, time_budget=110.0),
     ("cpu", "full"): dict(models=["S36x1", "S18x2"], batches=[1, 2, 4, 8, 16, 32, 64], warmup=1, reps=5,
@@ -53,8 +93,13 @@ PRESETS = {
                            warmup=5, reps=30, time_budget=None),
     ("cuda", "report"): dict(models=["S18x2"], batches=[1, 64], warmup=5, reps=50, time_budget=None,
                              providers=REPORT_PROVIDERS),
+    # models=None: family_peers() at run time
+    ("cpu", "families"): dict(models=None, batches=[1, 16], warmup=1, reps=5, time_budget=None,
+                              providers=FAMILIES_PROVIDERS["cpu"]),
+    ("cuda", "families"): dict(models=None, batches=[1, 64, 256], warmup=3, reps=20, time_budget=None,
+                               providers=FAMILIES_PROVIDERS["cuda"]),
 }
-PRESET_NAMES = ("quick", "full", "report")
+PRESET_NAMES = ("quick", "full", "report", "families")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
 
 
@@ -78,8 +123,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     mode.add_argument("--full", dest="preset", action="store_const", const="full",
                       help="the whole sweep (default on CUDA)")
     mode.add_argument("--preset", dest="preset", choices=PRESET_NAMES,
-                      help="a preset by name: quick, full, or report (the short reference-vs-fused report)")
-    p.add_argument("--models", nargs="+", default=None, help="model names (any spelling of list_models())")
+                      help="a preset by name: quick, full, report (the short reference-vs-fused report) or "
+                           "families (the MLP families beside a ViT of about their FLOPs)")
+    p.add_argument("--models", nargs="+", default=None,
+                   help="model names: any spelling of list_models(), or any family's name (mixer_b16_224, ...)")
     p.add_argument("--batches", nargs="+", type=int, default=None, help="batch sizes, ascending")
     p.add_argument("--providers", nargs="+", default=None, type=provider_name, metavar="PROVIDER",
                    help=f"any of {', '.join(names())} (those that cannot run here are skipped and listed)")
@@ -98,7 +145,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "would exceed this; the largest batch always runs, with >= 2 rounds (0: no budget; "
                         "default: the preset's)")
     p.add_argument("--out", default=None,
-                   help="output folder (default bench/results/profile_<device>; report preset: report_<device>)")
+                   help="output folder (default bench/results/profile_<device>; report preset: report_<device>; "
+                        "families preset: families_<device>)")
     p.add_argument("--trace", nargs="?", const="auto", default=None, metavar="MODEL:PROVIDER:BATCH",
                    help="also write a torch.profiler Chrome trace of one config (default: the first xK model, its "
                         "last fused provider, the smallest batch); parts may be left empty, e.g. ':reference:1'")
@@ -122,9 +170,13 @@ def _device(args: argparse.Namespace) -> torch.device:
 
 
 def _preset(args: argparse.Namespace, device: torch.device) -> tuple[str, dict]:
+    """(name, settings) of the preset; a preset with models=None gets the families preset's models and notes."""
     kind = "cuda" if device.type == "cuda" else "cpu"
     name = args.preset or ("full" if kind == "cuda" else "quick")
-    return name, PRESETS[(kind, name)]
+    preset = dict(PRESETS[(kind, name)], notes=[])
+    if preset["models"] is None:
+        preset["models"], preset["notes"] = family_peers(kind)
+    return name, preset
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
@@ -145,12 +197,14 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         reps=preset["reps"] if args.reps is None else max(1, args.reps),
         min_seconds=args.min_seconds, time_budget_s=budget, threads=args.threads,
         preset=f"{preset_name}+custom" if custom else preset_name, seed=args.seed,
-        measure_peak=not args.no_peak, progress=not args.no_progress, trace=args.trace)
+        measure_peak=not args.no_peak, progress=not args.no_progress, trace=args.trace,
+        notes=[] if args.models else list(preset["notes"]))
 
 
 def format_provider_list(device: torch.device, model: str) -> str:
-    """Every registered provider: whether it can run `model` on `device` (or why not) and what it runs."""
-    cfg = from_name(model)
+    """Every registered provider: whether it can run `model` (any family's) on `device` (or why not) and what it
+    runs."""
+    cfg = resolve_config(model)
     lines = [f"providers (on {device}, for {model}):"]
     width = max(len(n) for n in names())
     for name in names():
@@ -162,11 +216,12 @@ def format_provider_list(device: torch.device, model: str) -> str:
 
 
 def default_out(device: str, preset: str = "quick") -> str:
-    """bench/results/profile_<device>, or report_<device> for the report preset (a report does not overwrite the
-    main job's profile)."""
+    """bench/results/profile_<device>, or report_<device> / families_<device> for the report / families presets
+    (they do not overwrite the main job's profile)."""
     dev = torch.device(device)
     name = "cpu" if dev.type == "cpu" else slug(torch.cuda.get_device_name(dev).replace(" ", "_"))
-    kind = "report" if preset.split("+")[0] == "report" else "profile"
+    base = preset.split("+")[0]
+    kind = base if base in ("report", "families") else "profile"
     return os.path.join("bench", "results", f"{kind}_{name}")
 
 

@@ -2,7 +2,7 @@
 from sweep.py so the trace needs nothing of the sweep (and the sweep may import the trace)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
@@ -26,6 +26,7 @@ class Settings:
     progress: bool = True
     trace: Optional[str] = None                    # "MODEL:PROVIDER:BATCH", "auto" or None
     trace_dir: Optional[str] = None
+    notes: list = field(default_factory=list)      # lines for the report's header (e.g. models a preset left out)
 
 
 def slug(text: str) -> str:

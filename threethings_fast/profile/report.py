@@ -1,7 +1,9 @@
-"""The markdown report of a profile result: run header, the full table, Table-4-style speed-ups, the paper's anchor."""
+"""The markdown report of a profile result: run header, the models, the families side by side (when the run holds
+more than one family), Table-4-style speed-ups, the paper's anchor, the full table."""
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Optional
 
 from ..configs import from_name
@@ -39,6 +41,19 @@ def _div(a, b):
     return a / b if a is not None and b else None
 
 
+def _family(info: dict) -> str:
+    return info.get("family", "vit")      # files written before the field existed hold ViTs only
+
+
+def _k(info: dict) -> int:
+    return info["config"].get("num_parallel", 1)    # families without parallel blocks: 1
+
+
+def _config_key(config: dict) -> str:
+    # JSON text, not a tuple of items: list-valued fields (ViP's per-stage tuples, read back from JSON) must key too
+    return json.dumps(config, sort_keys=True)
+
+
 def header(result: dict) -> list[str]:
     d, v, s = result["device"], result["versions"], result["settings"]
     dev = f"{d['name']} ({d['type']}" + (f", sm {d['capability']}" if d["capability"] else "") + ")"
@@ -61,6 +76,8 @@ def header(result: dict) -> list[str]:
                 ran.setdefault((provider, backend), []).append(model)
     for (provider, backend), models in ran.items():
         lines.append(f"- {provider} ran backend `{backend}` ({', '.join(models)})")
+    for note in s.get("notes", []):
+        lines.append(f"- {note}")
     if not s.get("triton_autotune", True):
         lines.append("- Triton autotuning OFF (TTF_TRITON_AUTOTUNE=0): each kernel ran the first config of its list, "
                      "untuned")
@@ -75,6 +92,59 @@ def header(result: dict) -> list[str]:
                      "interruption are missing**")
     if result["skipped_batches"]:
         lines.append(f"- **time budget reached: batches {result['skipped_batches']} not run**")
+    return lines
+
+
+def models_table(result: dict) -> list[str]:
+    """One line per model: its family, K, parameters and the FLOPs its TFLOP/s figures are computed from."""
+    lines = ["## Models", "", "| model | family | K | params (M) | GFLOP / image | GMACs / image |",
+             "|---|---|---:|---:|---:|---:|"]
+    for model, info in result["models"].items():
+        f = info["flops_per_image"]
+        lines.append(f"| {model} | {_family(info)} | {_k(info)} | {info['params'] / 1e6:.3g} | {f / 1e9:.3g} | "
+                     f"{f / 2e9:.3g} |")
+    lines += ["", "FLOPs = 2 · matmul MACs per image (`threethings_fast.macs`; each family's `count_macs`, norms not "
+              "counted).", ""]
+    return lines
+
+
+def _best(result: dict, model: str, batch: int, prefix: str) -> Optional[dict]:
+    rows = [r for r in result["results"] if r["model"] == model and r["batch"] == batch
+            and r["provider"].startswith(prefix)]
+    return max(rows, key=lambda r: r["images_per_s"]) if rows else None
+
+
+def families_table(result: dict) -> list[str]:
+    """The models of different families side by side, per batch: reference, timm's best, ours (best fused), the
+    ratios, and ours relative to the run's first ViT on its best fused provider. Empty for a one-family run."""
+    models = result["models"]
+    if len({_family(info) for info in models.values()}) < 2 or not result["results"]:
+        return []
+    idx = _rows(result)
+    vit = next((m for m, info in models.items() if _family(info) == "vit"), None)
+    lines = ["## Families side by side", "",
+             "Ours = the fastest fused provider at that batch; timm = the fastest timm provider (eager or "
+             "compiled). " + (f"vs {vit} = ours / {vit}'s ours (images/s)." if vit else ""), "",
+             "| batch | model | family | GFLOP / image | reference im/s | timm im/s | ours im/s | ours TFLOP/s | "
+             "ours / reference | ours / timm |" + (f" vs {vit} |" if vit else ""),
+             "|---:|---|---|---:|---:|---|---|---:|---:|---:|" + ("---:|" if vit else "")]
+    for b in sorted({r["batch"] for r in result["results"]}):
+        vit_best = best_fused(result, vit, b) if vit else None
+        for model, info in models.items():
+            if not any(r["model"] == model and r["batch"] == b for r in result["results"]):
+                continue
+            ours, timm = best_fused(result, model, b), _best(result, model, b, "timm")
+            ref = _ips(idx, model, "reference", b)
+            o, t = (ours or {}).get("images_per_s"), (timm or {}).get("images_per_s")
+            cells = [str(b), model, _family(info), f"{info['flops_per_image'] / 1e9:.3g}", _fmt(ref),
+                     f"{_fmt(t)} ({timm['provider']})" if timm else "—",
+                     f"{_fmt(o)} ({ours['provider']})" if ours else "—", _fmt(ours and ours["tflops"], 3),
+                     _fmt(_div(o, ref), 2, "×"), _fmt(_div(o, t), 2, "×")]
+            if vit:
+                cells.append(_fmt(_div(o, vit_best and vit_best["images_per_s"]), 2, "×"))
+            lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "All numbers from the same interleaved rounds; the models differ in FLOPs (column 4), so compare "
+              "TFLOP/s as well as images/s.", ""]
     return lines
 
 
@@ -95,16 +165,18 @@ def results_table(result: dict) -> list[str]:
     return lines
 
 
-def speedup_tables(result: dict) -> list[str]:
-    """Per xK model: its same-parameter x1 partner (par/seq), branch by branch, reference and ours side by side.
-    Per x1 model that is no xK model's partner (e.g. the report preset run on S36x1 alone): reference and ours."""
+def speedup_tables(result: dict, x1_models: bool = True) -> list[str]:
+    """Per xK model: its same-parameter x1 partner (par/seq), branch by branch (ViTs), reference and ours side by
+    side. Per x1 model that is no xK model's partner (e.g. the report preset run on S36x1 alone), unless
+    `x1_models` is False (the families table has those numbers): reference and ours."""
     idx = _rows(result)
     partners = {info["sequential_partner"] for info in result["models"].values()}
     lines = []
     for model, info in result["models"].items():
-        xk = info["config"]["num_parallel"] > 1
-        if not xk and model in partners:
-            continue   # its numbers are in its xK partner's table
+        xk = _k(info) > 1
+        bbb_col = xk and _family(info) == "vit"   # branch by branch: a mode of the ViT reference only
+        if not xk and (model in partners or not x1_models):
+            continue   # its numbers are in its xK partner's table (or the families table)
         seq = info["sequential_partner"]
         batches = sorted({r["batch"] for r in result["results"] if r["model"] == model})
         if not batches:
@@ -115,12 +187,12 @@ def speedup_tables(result: dict) -> list[str]:
             head += [f"{seq} ref im/s", f"{model} ref im/s", "par/seq ref"]
         else:
             head += [f"{model} ref im/s"]
-        if xk:
+        if bbb_col:
             head += [f"{model} branch-by-branch im/s"]
         head += ["ours (best fused)", "ours im/s"]
         if seq:
             head += [f"{seq} same provider im/s", "par/seq ours"]
-        if xk:
+        if bbb_col:
             head += ["ours / branch-by-branch"]
         head += ["ours / reference"]
         lines += ["| " + " | ".join(head) + " |", "|" + "---:|" * len(head)]
@@ -136,13 +208,13 @@ def speedup_tables(result: dict) -> list[str]:
                 cells += [_fmt(seq_ref), _fmt(ref), _fmt(_div(ref, seq_ref), 2, "×")]
             else:
                 cells += [_fmt(ref)]
-            if xk:
+            if bbb_col:
                 cells += [_fmt(bbb)]
             cells += [prov or "—", _fmt(ours)]
             if seq:
                 seq_ours = _ips(idx, seq, prov, b) if prov else None
                 cells += [_fmt(seq_ours), _fmt(_div(ours, seq_ours), 2, "×")]
-            if xk:
+            if bbb_col:
                 cells += [_fmt(_div(ours, bbb), 2, "×")]
             cells += [_fmt(_div(ours, ref), 2, "×")]
             lines.append("| " + " | ".join(cells) + " |")
@@ -160,7 +232,7 @@ def anchor_table(result: dict) -> list[str]:
     idx = _rows(result)
     by_config = {}
     for name, info in result["models"].items():
-        by_config.setdefault(tuple(sorted(info["config"].items())), name)
+        by_config.setdefault(_config_key(info["config"]), name)
     lines = ["## Anchor: the paper's Table 4 (one V100, images/s)", "",
              "Paper: the x2 model with its branches run sequentially (seq) or in parallel (par). Ours: the same "
              "model run branch by branch (the paper's seq), our fused model (best provider at that batch), and "
@@ -170,7 +242,7 @@ def anchor_table(result: dict) -> list[str]:
              "ours fused / branch-by-branch | ours x1 model | ours par/seq |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for short, paper in PAPER_TABLE4.items():
-        key = tuple(sorted(dataclasses.asdict(from_name(short)).items()))
+        key = _config_key(dataclasses.asdict(from_name(short)))
         model = by_config.get(key)
         seq = result["models"][model]["sequential_partner"] if model else None
         for b in sorted(paper["seq"]):
@@ -214,6 +286,7 @@ def problems(result: dict) -> list[str]:
 
 
 def format_markdown(result: dict) -> str:
-    parts = header(result) + [""] + speedup_tables(result) + anchor_table(result) + [""] + results_table(result) + \
-        [""] + problems(result)
+    families = families_table(result)
+    parts = header(result) + [""] + models_table(result) + families + speedup_tables(result, not families) + \
+        anchor_table(result) + [""] + results_table(result) + [""] + problems(result)
     return "\n".join(parts).rstrip() + "\n"

@@ -11,13 +11,16 @@ unless the key says otherwise (``_ms``). Every field below is always present.
     device        {type: "cpu"|"cuda", name: str, threads: int (torch CPU threads), cpu_count: int|None,
                    capability: str|None ("9.0"), memory_gb: float|None}
     versions      {python, torch: str, triton: str|None, threethings_fast: str, cuda: str|None}
-    settings      {preset: "quick"|"full"|"report" (+ "+custom" when options changed it), models: [str],
+    settings      {preset: "quick"|"full"|"report"|"families" (+ "+custom" when options changed it), models: [str],
                    batches: [int], providers: [str] (threethings_fast.providers names), warmup: int, reps: int,
                    min_seconds: float, time_budget_s: float|None, seed: int,
-                   triton_autotune: bool (optional, read: true; false = first config of each kernel, untuned)}
+                   triton_autotune: bool (optional, read: true; false = first config of each kernel, untuned),
+                   notes: [str] (optional: report header lines, e.g. models the families preset left out)}
     peak          None (--no-peak) or {matmul: {tflops: float (best), tflops_median: float, n: int, dtype: str,
                    raw_s: [float]}, copy: {gbps: float (best), gbps_median: float, bytes: int, raw_s: [float]}}
-    models        {name: {config: {ViTConfig fields}, params: int, flops_per_image: int (2·matmul MACs),
+    models        {name: {config: {fields of the model's config: ViTConfig, MixerConfig, ...}, family: str
+                   (optional: threethings_fast.models family, "vit", "mixer", ...; files before it: "vit"),
+                   params: int, flops_per_image: int (2·matmul MACs, the family's count_macs),
                    build_s: float, sequential_partner: str|None (the same-parameter x1 model in this run),
                    fused_backends: {provider: str} (optional: the backend each fused provider ran, e.g.
                    fused[auto] -> "torch"; files written before this field existed lack it)}}

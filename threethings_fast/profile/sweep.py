@@ -3,7 +3,8 @@
 Derived numbers, per (model, provider, batch), from the median of the raw per-call times t:
     images/s   = batch / t
     TFLOP/s    = batch · forward_flops(config) / t / 1e12     forward_flops = 2 · matmul MACs per image
-                 (threethings_fast.macs; norms, softmax and GELU not counted)
+                 (threethings_fast.macs, which counts any family's config with that family's count_macs;
+                 norms, softmax and GELU not counted)
     % of peak  = TFLOP/s / peak matmul TFLOP/s measured on this device in the run dtype (timing.measure_peak_matmul)
 Ratios: ratios.py. Providers (what each name runs, where it can run): threethings_fast.providers.
 """
@@ -64,9 +65,10 @@ def build_models(settings: Settings, device: torch.device) -> list[SweepEntry]:
 
 
 def sequential_partner(entry: SweepEntry, entries: list[SweepEntry]) -> Optional[str]:
-    """Name of the x1 model in `entries` with the same parameters as the xK model `entry` (S36x1 for S18x2)."""
+    """Name of the x1 model in `entries` with the same parameters as the xK model `entry` (S36x1 for S18x2; the same
+    for K-parallel Mixer / ResMLP). None for an x1 model or a family without parallel blocks."""
     cfg = entry.config
-    if cfg.num_parallel == 1:
+    if getattr(cfg, "num_parallel", 1) == 1:
         return None
     want = cfg.replace(depth=cfg.depth * cfg.num_parallel, num_parallel=1)
     for other in entries:
@@ -117,7 +119,7 @@ def run_profile(settings: Settings, argv: Optional[list] = None) -> dict:
         "settings": {"preset": settings.preset, "models": list(settings.models), "batches": list(settings.batches),
                      "providers": list(settings.providers), "warmup": settings.warmup, "reps": settings.reps,
                      "min_seconds": settings.min_seconds, "time_budget_s": settings.time_budget_s,
-                     "seed": settings.seed,
+                     "seed": settings.seed, "notes": list(settings.notes),
                      # TTF_TRITON_AUTOTUNE=0: the Triton providers ran the first config of each list, untuned
                      "triton_autotune": os.environ.get("TTF_TRITON_AUTOTUNE", "1") != "0"},
         "peak": None, "models": {}, "results": [], "ratios": [], "errors": [], "skipped": [],
@@ -157,7 +159,7 @@ def _measure(settings: Settings, device, result: dict, state: dict, t_start: flo
     plan = state["plan"]  # model -> providers it runs
     for entry in entries:
         result["models"][entry.name] = {
-            "config": dataclasses.asdict(entry.config), "params": entry.params,
+            "config": dataclasses.asdict(entry.config), "family": entry.family.name, "params": entry.params,
             "flops_per_image": entry.flops_per_image, "build_s": round(entry.build_s, 3),
             "sequential_partner": entry.sequential_partner}
         plan[entry.name] = []

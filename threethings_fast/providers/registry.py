@@ -11,6 +11,18 @@ look providers up here, so a name means the same thing in every table and JSON f
 
 Per-model objects (a fused conversion, a compiled function, timm's model) are built once and kept in the entry;
 per-batch state (a CUDA graph) is built by `build` and freed by its `cleanup`.
+
+Models of every family (threethings_fast.models: ViT, MLP-Mixer, ResMLP, gMLP, Vision Permutator, feed-forward-only)
+go through the same names. What each provider does for a non-ViT family:
+    reference, compile*         the family's reference model (eager / torch.compile): every family
+    fused[auto], fused[torch]   convert(model): families whose `Family.fusable` is true at run time; the others are
+    fused[triton](+graph)       skipped with "no fused path yet"
+    fused[triton/fusednorm]*    ViT only (norm="fused" places the ViT's LayerNorms in its GEMM epilogues)
+    fused[cuda]*                ViT only (the C++ engine)
+    branch_by_branch            ViT only, K >= 2 (the MLP references have no branch-by-branch mode)
+    timm*                       MLP-Mixer, ResMLP and gMLP at K = 1 with the linear stem: timm's MlpMixer of the
+                                same name (or, for a config timm does not name, built from the config), holding the
+                                reference's weights loaded strictly (timm_model.py)
 """
 from __future__ import annotations
 
@@ -23,9 +35,11 @@ import torch
 from ..api import create_model
 from ..configs import ViTConfig, from_name
 from ..fused.backends import triton_available
+from ..models import family_of, resolve_any
 from .timm_model import timm_from_reference, timm_missing, timm_unsupported
 
-Rule = Callable[[ViTConfig, torch.device], Optional[str]]
+# A rule takes the config of a model of any family (threethings_fast.models) and the device.
+Rule = Callable[[Any, torch.device], Optional[str]]
 
 
 class UnknownProvider(ValueError):
@@ -42,20 +56,26 @@ class ModelEntry:
     per-model objects the providers built from it (`built`, keyed by Provider.model) and why any failed."""
 
     name: str
-    config: ViTConfig
+    config: Any                  # a ViTConfig, or another family's config (threethings_fast.models)
     reference: torch.nn.Module
     built: dict = field(default_factory=dict)
     failed: dict = field(default_factory=dict)
 
     @classmethod
     def create(cls, name: str, device, dtype: torch.dtype, seed: Optional[int] = None, **fields) -> "ModelEntry":
-        """The reference model `name` (any spelling of list_models()) in eval mode on `device` in `dtype`; random
-        weights from `seed` when given."""
+        """The reference model `name` in eval mode on `device` in `dtype`; random weights from `seed` when given.
+        `name`: any spelling of list_models() or a paper short name ("S18x2"), or any family's model name
+        ("mixer_b16_224", "resmlp_tiny_2x2", ...; see resolve_config)."""
         if seed is not None:
             torch.manual_seed(seed)
-        cfg = from_name(name)
+        cfg = resolve_config(name)
         model = create_model(cfg).to(device=device, dtype=dtype).eval()
         return cls(name=name, config=cfg, reference=model, **fields)
+
+    @property
+    def family(self):
+        """The model's `threethings_fast.models.Family`."""
+        return family_of(self.config)
 
     @property
     def device(self) -> torch.device:
@@ -81,26 +101,64 @@ class Provider:
     graph: bool = False
 
 
+def resolve_config(name: str):
+    """The config of model `name`: a ViT spelling (list_models(), deit names, paper short names such as "S18x2")
+    first, then any other family's name (`models.resolve_any`; its KeyError lists every known name)."""
+    try:
+        return from_name(name)
+    except KeyError:
+        return resolve_any(name)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Where providers can run
 # ---------------------------------------------------------------------------------------------------------------
-def _anywhere(cfg: ViTConfig, device: torch.device) -> Optional[str]:
+def _title(cfg) -> str:
+    try:
+        return family_of(cfg).title
+    except TypeError:
+        return type(cfg).__name__
+
+
+def _anywhere(cfg, device: torch.device) -> Optional[str]:
     return None
 
 
-def _parallel_only(cfg: ViTConfig, device: torch.device) -> Optional[str]:
+def _parallel_only(cfg, device: torch.device) -> Optional[str]:
+    if not isinstance(cfg, ViTConfig):
+        return (f"branch by branch is a mode of the ViT reference only; the {_title(cfg)} reference has no "
+                "branch-by-branch forward")
     if cfg.num_parallel == 1:
         return "x1 model: branch by branch is the reference itself"
     return None
 
 
-def _compile_rule(cfg: ViTConfig, device: torch.device) -> Optional[str]:
+def _vit_only(what: str, instead: str) -> Rule:
+    def rule(cfg, device: torch.device) -> Optional[str]:
+        if not isinstance(cfg, ViTConfig):
+            return f"{what} runs ViTs only; {_title(cfg)} models run {instead}"
+        return None
+    return rule
+
+
+def _fusable(cfg, device: torch.device) -> Optional[str]:
+    # The registry's word at run time: a family gains its fused path by setting fold / forward in models/__init__.py.
+    try:
+        family = family_of(cfg)
+    except TypeError as exc:
+        return str(exc)
+    if not family.fusable:
+        return f"{family.title}: no fused path yet (reference model only; convert() raises NotImplementedError)"
+    return None
+
+
+def _compile_rule(cfg, device: torch.device) -> Optional[str]:
     if device.type != "cuda":
         return "torch.compile providers run on CUDA only (compiling takes minutes on a small CPU)"
     return None
 
 
-def _triton_rule(cfg: ViTConfig, device: torch.device) -> Optional[str]:
+def _triton_rule(cfg, device: torch.device) -> Optional[str]:
     if device.type != "cuda":
         return "Triton runs on CUDA; on the CPU only the interpreter (timings meaningless)"
     if not triton_available():
@@ -108,13 +166,13 @@ def _triton_rule(cfg: ViTConfig, device: torch.device) -> Optional[str]:
     return None
 
 
-def _graph_rule(cfg: ViTConfig, device: torch.device) -> Optional[str]:
+def _graph_rule(cfg, device: torch.device) -> Optional[str]:
     if device.type != "cuda":
         return "CUDA graphs need a CUDA device"
     return None
 
 
-def _engine_rule(cfg: ViTConfig, device: torch.device) -> Optional[str]:
+def _engine_rule(cfg, device: torch.device) -> Optional[str]:
     # Cheap checks only: whether the extension builds is known when the model is converted (a failure there is
     # reported with its cause, like any provider's).
     if device.type != "cuda":
@@ -125,12 +183,12 @@ def _engine_rule(cfg: ViTConfig, device: torch.device) -> Optional[str]:
     return None
 
 
-def _timm_rule(cfg: ViTConfig, device: torch.device) -> Optional[str]:
+def _timm_rule(cfg, device: torch.device) -> Optional[str]:
     return timm_missing() or timm_unsupported(cfg)
 
 
 def _all(*rules: Rule) -> Rule:
-    def rule(cfg: ViTConfig, device: torch.device) -> Optional[str]:
+    def rule(cfg, device: torch.device) -> Optional[str]:
         for r in rules:
             reason = r(cfg, device)
             if reason:
@@ -187,7 +245,11 @@ _CUDA_GRAPH = "replayed from one CUDA graph per batch size (the call includes co
 
 
 def _registry() -> dict[str, Provider]:
-    triton, graph, timm_compile = _triton_rule, _graph_rule, _all(_timm_rule, _compile_rule)
+    graph, timm_compile = _graph_rule, _all(_timm_rule, _compile_rule)
+    fused, triton = _fusable, _all(_fusable, _triton_rule)
+    fusednorm = _all(_vit_only("norm='fused' (the LayerNorms in the GEMM epilogues)", "fused[triton] "
+                               "(norm='separate')"), triton)
+    engine = _all(_vit_only("the C++ engine", "fused[triton] or fused[torch]"), _engine_rule)
     providers = [
         Provider("reference", "the reference model, eager (parallel branches summed inside each block)",
                  _anywhere, "reference", _reference),
@@ -197,28 +259,29 @@ def _registry() -> dict[str, Provider]:
                  _compile_rule, "compile", _compiled("reference")),
         Provider("compile[reduce-overhead]", "torch.compile(reference, mode='reduce-overhead'): with CUDA graphs",
                  _compile_rule, "compile[reduce-overhead]", _compiled("reference", "reduce-overhead")),
-        Provider("timm", "timm's VisionTransformer of the same config and weights, eager", _timm_rule, "timm", _timm),
+        Provider("timm", "timm's model of the same config and weights, eager (VisionTransformer; MlpMixer for "
+                 "MLP-Mixer, ResMLP, gMLP)", _timm_rule, "timm", _timm),
         Provider("timm+compile", "torch.compile of the timm model", timm_compile, "timm+compile", _compiled("timm")),
         Provider("timm+compile[reduce-overhead]", "torch.compile(timm model, mode='reduce-overhead'): with CUDA graphs",
                  timm_compile, "timm+compile[reduce-overhead]", _compiled("timm", "reduce-overhead")),
         Provider("timm+compile[max-autotune]", "torch.compile(timm model, mode='max-autotune'): minutes of tuning",
                  timm_compile, "timm+compile[max-autotune]", _compiled("timm", "max-autotune")),
         Provider("fused[auto]", "convert(model): the backend convert() picks here (torch on the CPU, Triton on a "
-                 "GPU, engine + Triton on sm_90)", _anywhere, "fused[auto]", _fused("auto")),
+                 "GPU, engine + Triton on sm_90)", fused, "fused[auto]", _fused("auto")),
         Provider("fused[torch]", "convert(model, backend='torch'): folded weights, plain torch ops (the CPU path)",
-                 _anywhere, "fused[torch]", _fused("torch")),
+                 fused, "fused[torch]", _fused("torch")),
         Provider("fused[triton]", "convert(model, backend='triton'): the Triton kernels, eager launches",
                  triton, "fused[triton]", _fused("triton")),
         Provider("fused[triton]+graph", f"fused[triton] {_CUDA_GRAPH}", _all(triton, graph), "fused[triton]",
                  _fused("triton"), graph=True),
         Provider("fused[triton/fusednorm]", "convert(model, backend='triton', norm='fused'): LayerNorms applied in "
-                 "the GEMM epilogues (5 launches per block instead of 7)", triton, "fused[triton/fusednorm]",
+                 "the GEMM epilogues (5 launches per block instead of 7)", fusednorm, "fused[triton/fusednorm]",
                  _fused("triton", "fused")),
-        Provider("fused[triton/fusednorm]+graph", f"fused[triton/fusednorm] {_CUDA_GRAPH}", _all(triton, graph),
+        Provider("fused[triton/fusednorm]+graph", f"fused[triton/fusednorm] {_CUDA_GRAPH}", _all(fusednorm, graph),
                  "fused[triton/fusednorm]", _fused("triton", "fused"), graph=True),
         Provider("fused[cuda]", "convert(model, backend='cuda'): the C++ engine, one op call per forward (sm_90)",
-                 _engine_rule, "fused[cuda]", _fused("cuda")),
-        Provider("fused[cuda]+graph", f"fused[cuda] {_CUDA_GRAPH}", _engine_rule, "fused[cuda]", _fused("cuda"),
+                 engine, "fused[cuda]", _fused("cuda")),
+        Provider("fused[cuda]+graph", f"fused[cuda] {_CUDA_GRAPH}", engine, "fused[cuda]", _fused("cuda"),
                  graph=True),
     ]
     return {p.name: p for p in providers}
@@ -269,8 +332,9 @@ def is_fused(name: str) -> bool:
     return ALIASES.get(name, name).startswith("fused[")
 
 
-def available(name: str, cfg: ViTConfig, device) -> Optional[str]:
-    """None if provider `name` can run `cfg` on `device`, else the reason it is skipped there."""
+def available(name: str, cfg, device) -> Optional[str]:
+    """None if provider `name` can run `cfg` (a config of any family) on `device`, else the reason it is skipped
+    there."""
     return get(name).available(cfg, torch.device(device))
 
 
@@ -289,8 +353,8 @@ def prepare(entry: ModelEntry, name: str) -> Optional[str]:
 
 
 def model_of(entry: ModelEntry, name: str):
-    """The per-model object provider `name` runs (a FusedViT for fused[...], built on first use): what the per-op
-    benchmarks take their ops and weights from."""
+    """The per-model object provider `name` runs (a FusedViT / FusedModel for fused[...], built on first use): what
+    the per-op benchmarks take their ops and weights from."""
     provider = get(name)
     if provider.model in entry.failed:
         raise RuntimeError(entry.failed[provider.model])
