@@ -13,11 +13,18 @@ bench: env        ## main job: the profiler on the embedded default models (S18x
 test: env         ## the test suite (CPU; Triton kernels under the interpreter; GPU tests skip without CUDA)
 	$(PY) -m pytest -q $(ARGS)
 
+# Test files with no Triton in them (reference models, checkpoints, configs, the torch backend): run once, in
+# `make test`; `make test-triton36` leaves them out.
+NO_TRITON_TESTS := test_checkpoint test_checkpoint_fuzz test_configs test_convert_modules test_fused_torch \
+                   test_mlp_reference test_reference test_vip_ffonly_reference
+TRITON36_SKIPS := --deselect tests/test_properties.py::test_torch_backend_equals_reference \
+                  $(foreach t,$(NO_TRITON_TESTS),--ignore=tests/$(t).py)
+
 test-triton36:    ## the suite again on the GPU image's Triton 3.6 (CPU: interpreter + sm_90 compile), own venv;
-                  ## the C++ engine's tests, the device scripts' dry runs and the torch-backend property (no Triton
-                  ## in them) run once, in `make test`
+                  ## the C++ engine's tests, the device scripts' dry runs, the torch-backend property and the test
+                  ## files without Triton (NO_TRITON_TESTS) run once, in `make test`
 	$(MAKE) test TTF_VENV=.venv-triton3.6 TTF_TRITON_SPEC="triton==3.6.0" TTF_NUMPY_SPEC="numpy<2.4" \
-	  ARGS='-m "not engine and not scripts" --deselect tests/test_properties.py::test_torch_backend_equals_reference $(ARGS)'
+	  ARGS='-m "not engine and not scripts" $(TRITON36_SKIPS) $(ARGS)'
 
 test-timm:        ## real-timm interop tests (CUDA build of torch 2.14.1 + torchvision, run on the CPU), own venv
 	@TTF_VENV=.venv-cuda TTF_FLAVOUR=cuda scripts/env.sh >/dev/null
