@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT / "tests"))   # the tests' weight perturbation: one 
 import threethings_fast as ttf  # noqa: E402
 from threethings_fast.models import FAMILIES  # noqa: E402
 from threethings_fast.profile.cli import FAMILY_PEERS  # noqa: E402
-from threethings_fast.reference.model import VisionTransformer  # noqa: E402
+from helpers import randomize  # noqa: E402  (the tests' "far from init")
 from threethings_fast.timing import device_name  # noqa: E402
 
 ATOL_BF16 = 1.6e-2
@@ -64,23 +64,6 @@ def build(backend: str, model, dtype):
     return ttf.convert(model, backend=name, dtype=dtype, norm="fused" if variant == "fusednorm" else "separate")
 
 
-@torch.no_grad()
-def far_from_init(model):
-    """tests/helpers.randomize, and for the MLP families the parameters it leaves alone: ResMLP's Affine (alpha,
-    beta of shape (1, 1, D)) and every LayerScale."""
-    from helpers import randomize
-    model = randomize(model)
-    if not isinstance(model, VisionTransformer):
-        for name, p in model.named_parameters():
-            if name.endswith("alpha"):
-                p.copy_(1 + 0.3 * torch.randn_like(p))
-            elif name.endswith("beta"):
-                p.copy_(0.2 * torch.randn_like(p))
-            elif name.endswith(("ls1", "ls2", ".ls")):
-                p.copy_(0.05 + torch.rand_like(p))
-    return model
-
-
 def env_record(args, dev) -> dict:
     try:
         import triton
@@ -98,7 +81,7 @@ def check_model(name: str, batches, backends, rows, write, deadline, dev) -> Non
     """Rows of model `name` (any family) for each provider in `backends` and batch. A "+graph" provider is the
     replay of its eager provider's model, checked against float64 like it; without one, the eager Triton rows
     check the replay == eager themselves."""
-    ref64 = far_from_init(ttf.create_model(name)).double().to(dev).eval()
+    ref64 = randomize(ttf.create_model(name)).double().to(dev).eval()
     ref16 = ttf.create_model(name).to(torch.bfloat16).to(dev).eval()
     ref16.load_state_dict(ref64.state_dict())
     fused = {}

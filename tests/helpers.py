@@ -25,10 +25,15 @@ ATOL = {torch.float64: 1e-12, torch.float32: 1e-6, torch.float16: 2e-3, torch.bf
 @torch.no_grad()
 def randomize(model: torch.nn.Module, scale: float = 0.5) -> torch.nn.Module:
     """Give every norm, LayerScale, bias and BN statistic a non-trivial value, so folding bugs cannot hide behind
-    ones and zeros."""
+    ones and zeros. LayerScales: the ViT's `gamma`, the MLP families' `ls1` / `ls2` / `ls`; ResMLP's Affine
+    (`alpha`, `beta`, stored (1, 1, D)) is a norm too."""
     for name, p in model.named_parameters():
-        if name.endswith("gamma"):
+        if name.endswith(("gamma", "ls1", "ls2", ".ls")):
             p.copy_(torch.rand_like(p) * scale + 0.05)
+        elif name.endswith("alpha"):
+            p.copy_(1 + 0.3 * torch.randn_like(p))
+        elif name.endswith("beta"):
+            p.copy_(0.2 * torch.randn_like(p))
         elif p.dim() == 1 and "norm" in name and name.endswith("weight"):
             p.copy_(1 + scale * torch.randn_like(p))
         elif p.dim() == 1:

@@ -12,7 +12,6 @@ import torch
 from torch import nn
 
 from ..models.vit.folding import fold_block, fold_embed_and_head
-from ..models.vit.forward import vit_forward
 from ..validation import check_images, concrete_device
 from .weights import FusedWeights
 
@@ -64,7 +63,10 @@ class FusedModel(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         self._check(images)
         with torch.no_grad():
-            return self._forward(self.ops, self.weights, images)
+            return self._run(images)
+
+    def _run(self, images: torch.Tensor) -> torch.Tensor:
+        return self._forward(self.ops, self.weights, images)
 
     def capture(self, batch_sizes):
         """CUDA graphs of this model's forward for the given batch sizes (`threethings_fast.fused.graphs`): a
@@ -94,12 +96,10 @@ class FusedViT(FusedModel):
                 f"K={c.num_parallel}, D={c.embed_dim}, heads={c.num_heads}, stem={c.stem}, img_size={c.img_size}, "
                 f"patch={c.patch_size}, pool={c.global_pool}{tokens}")
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        self._check(images)
-        with torch.no_grad():
-            if getattr(self.ops, "runs_whole_forward", False):   # the C++ engine: one op call per forward
-                return self.ops.run(self.weights, images)
-            return vit_forward(self.ops, self.weights, images)
+    def _run(self, images: torch.Tensor) -> torch.Tensor:
+        if getattr(self.ops, "runs_whole_forward", False):   # the C++ engine: one op call per forward
+            return self.ops.run(self.weights, images)
+        return super()._run(images)
 
     @torch.no_grad()
     def refold(self, model: nn.Module, parts: Iterable[str] = ("attn", "head", "pos")) -> "FusedViT":

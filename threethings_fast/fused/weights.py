@@ -44,11 +44,16 @@ class FusedWeights:
         yield self.head_b
         for block in self.blocks:
             yield from block.tensors().values()
-        stem_tensors = getattr(self.stem, "tensors", None)
-        if callable(stem_tensors):      # a folded stem, or the hMLP kernel's packed weights
-            yield from stem_tensors()
-        elif stem_tensors is not None:  # the engine's EngineStem
-            yield from stem_tensors
+        yield from stem_tensors(self.stem)
+
+
+def stem_tensors(stem) -> list:
+    """The tensors of a prepared stem: a folded stem's or the hMLP kernel's packed weights (`.tensors()`), the
+    engine's `EngineStem` (`.tensors`, a tuple), or none."""
+    tensors = getattr(stem, "tensors", None)
+    if callable(tensors):
+        return list(tensors())
+    return list(tensors) if tensors is not None else []
 
 
 def cast_common(folded: dict, dtype: torch.dtype, device) -> dict:
@@ -92,9 +97,7 @@ class PackedModel:
         yield from self.extra.values()
         for block in self.blocks:
             yield from block.values()
-        stem_tensors = getattr(self.stem, "tensors", None)
-        if callable(stem_tensors):
-            yield from stem_tensors()
+        yield from stem_tensors(self.stem)
 
     def pack(self, ops, dtype: torch.dtype, device) -> "PackedModel":
         """The backend's copy: every tensor cast once to `dtype` on `device`, the stem prepared by `ops`."""

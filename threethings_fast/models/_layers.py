@@ -1,33 +1,21 @@
-"""Small layers and helpers shared by the MLP-centric reference models (Mixer, ResMLP, gMLP).
+"""Small layers and helpers shared by the MLP-centric reference models (Mixer, ResMLP, gMLP, ViP, FF-only).
 
-    Mlp:     fc2(GELU(fc1(x)))                 x (..., in) -> (..., in); exact-erf GELU
     Affine:  alpha * x + beta                   ResMLP's "norm": a per-channel scale and shift, no statistics
 
-Parameter names and shapes are timm's (`fc1`/`fc2`; `alpha`/`beta` of shape (1, 1, D)), so timm state dicts load
-unchanged into the models built from them. Also here: the config checks and name lookup the three families share, and
-the readers of timm modules their interop modules share (all three are timm's `MlpMixer` class), so that no family
-imports another.
+The MLPs (fc1 -> exact GELU -> fc2) are the ViT's `reference.blocks.Mlp`. Parameter names and shapes are timm's
+(`fc1`/`fc2`; `alpha`/`beta` of shape (1, 1, D)), so timm state dicts load unchanged into the models built from them.
+Also here: the config checks and name-table helpers (`resolve`, `list_names`, `with_overrides`) every family's config
+module uses, the readers of timm modules the Mixer / ResMLP / gMLP interop modules share (all three are timm's
+`MlpMixer` class), and timm's MlpMixer init, so that no family imports another.
 """
 from __future__ import annotations
+
+import dataclasses
 
 import torch
 from torch import nn
 
 from ..validation import check_images
-
-
-class Mlp(nn.Module):
-    """fc1 -> exact-erf GELU -> fc2 on the last dim. Used over channels (x (B, N, D)) and, after a transpose, over
-    tokens (x (B, D, N))."""
-
-    def __init__(self, in_features: int, hidden_features: int):
-        super().__init__()
-        self.fc1 = nn.Linear(in_features, hidden_features)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden_features, in_features)
-
-    def forward(self, x):
-        return self.fc2(self.act(self.fc1(x)))
 
 
 class Affine(nn.Module):
@@ -103,6 +91,42 @@ def resolve(name, family: str, tables: list[dict], aliases: dict):
             return table[name]
     known = [n for table in tables for n in table] + list(aliases)
     raise KeyError(f"unknown {family} model name {name!r}. Known: {', '.join(known)}")
+
+
+def list_names(tables: list[dict], tiny: dict, include_tiny: bool) -> list[str]:
+    """A family's model names: those of `tables`, then the tiny test models' when asked."""
+    names = [name for table in tables for name in table]
+    return names + list(tiny) if include_tiny else names
+
+
+def with_overrides(config, overrides: dict):
+    """`config` with dataclass field overrides; TypeError naming the unknown fields and listing the valid ones."""
+    if not overrides:
+        return config
+    valid = [f.name for f in dataclasses.fields(config)]
+    unknown = set(overrides) - set(valid)
+    if unknown:
+        raise TypeError(f"unknown {type(config).__name__} overrides {sorted(unknown)}; valid: {valid}")
+    return config.replace(**overrides)
+
+
+@torch.no_grad()
+def init_timm_mixer_(model: nn.Module, conv_init) -> None:
+    """timm's MlpMixer init for Mixer and gMLP: Xavier-uniform block linears, `conv_init` on the stem's convolutions,
+    unit norms. The head gets a small random init instead of timm's zeros, so a fresh model's logits depend on its
+    input."""
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Linear):
+            if name == "head":
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
+            else:
+                init_linear_(m)
+        elif isinstance(m, nn.Conv2d):
+            conv_init(m)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
 
 
 def init_linear_(module: nn.Module) -> None:

@@ -63,6 +63,20 @@ class Mlp(nn.Module):
         return self.fc2(self.act(self.fc1(x)))
 
 
+@torch.no_grad()
+def init_trunc_normal_(module: nn.Module) -> None:
+    """DeiT / timm init of every submodule: truncated normal (std 0.02) Linear weights, zero biases, unit
+    LayerNorms. Used by the ViT reference and the MLP families that follow the DeiT recipe (ViP, FF-only)."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
 def _layer_scale(dim: int, init_values: Optional[float]) -> nn.Module:
     return LayerScale(dim, init_values) if init_values is not None else nn.Identity()
 

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from ..configs import ViTConfig
 from ..validation import check_images
-from .blocks import Block
+from .blocks import Block, init_trunc_normal_
 from .stems import build_stem
 
 
@@ -71,14 +71,7 @@ class VisionTransformer(nn.Module):
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         for token in self.prefix_parameters():
             nn.init.trunc_normal_(token, std=0.02)
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_trunc_normal_(self)
 
     def prefix_parameters(self) -> list[nn.Parameter]:
         """The learned prefix tokens in sequence order: class (1, 1, D), distillation (1, 1, D), registers (1, R, D)."""

@@ -25,6 +25,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Optional
 
+from .._layers import check_common, check_eps, list_names, resolve, with_overrides
+
 STEMS = ("linear", "hmlp_bn", "hmlp_ln")
 
 
@@ -45,30 +47,14 @@ class FFOnlyConfig:
     pos_grid: Optional[int] = None
 
     def __post_init__(self):
-        if self.stem not in STEMS:
-            raise ValueError(f"stem must be one of {STEMS}, got {self.stem!r}")
-        for field in ("img_size", "patch_size", "in_chans", "embed_dim", "depth"):
-            value = getattr(self, field)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{field} must be a positive int, got {value!r}")
-        if not isinstance(self.num_classes, int) or self.num_classes < 0:
-            raise ValueError(f"num_classes must be an int >= 0, got {self.num_classes!r}")
+        check_common(self, STEMS)
         if self.pos_grid is not None and (not isinstance(self.pos_grid, int) or self.pos_grid < 1):
             raise ValueError(f"pos_grid must be None (the token grid) or a positive int, got {self.pos_grid!r}")
-        if self.img_size % self.patch_size:
-            raise ValueError(f"img_size {self.img_size} is not divisible by patch_size {self.patch_size}")
         if not self.mlp_ratio > 0 or self.mlp_hidden < 1:
             raise ValueError(f"mlp_ratio must give a hidden width >= 1, got {self.mlp_ratio!r}")
         if not self.token_mlp_ratio > 0 or self.token_mlp_hidden < 1:
             raise ValueError(f"token_mlp_ratio must give a hidden width >= 1, got {self.token_mlp_ratio!r}")
-        if not self.norm_eps > 0:
-            raise ValueError(f"norm_eps must be > 0, got {self.norm_eps!r}")
-        if self.stem != "linear":
-            if self.patch_size != 16:
-                raise ValueError(f"the hMLP stem is defined for 16x16 patches (4x4, 2x2, 2x2): patch_size must be "
-                                 f"16 with stem={self.stem!r}, got {self.patch_size}")
-            if self.embed_dim % 4:
-                raise ValueError(f"the hMLP stem needs embed_dim divisible by 4, got {self.embed_dim}")
+        check_eps("norm_eps", self.norm_eps)
 
     @property
     def grid_size(self) -> int:
@@ -127,30 +113,14 @@ _ALIASES = {
 
 
 def list_models(include_tiny: bool = False) -> list[str]:
-    names = list(MODEL_TABLE)
-    if include_tiny:
-        names += list(TINY_TABLE)
-    return names
+    return list_names([MODEL_TABLE], TINY_TABLE, include_tiny)
 
 
 def resolve_name(name: str) -> FFOnlyConfig:
     """Config of a feed-forward-only model name; KeyError listing the known names."""
-    if not isinstance(name, str):
-        raise TypeError(f"model name must be a str, got {type(name).__name__}")
-    name = _ALIASES.get(name, name)
-    if name in MODEL_TABLE:
-        return MODEL_TABLE[name]
-    if name in TINY_TABLE:
-        return TINY_TABLE[name]
-    raise KeyError(f"unknown feed-forward-only model name {name!r}. Known: "
-                   f"{', '.join(list_models(include_tiny=True))}; aliases: {', '.join(_ALIASES)}")
+    return resolve(name, "feed-forward-only", [MODEL_TABLE, TINY_TABLE], _ALIASES)
 
 
 def from_name(name: str, **overrides) -> FFOnlyConfig:
     """Config for `name` with field overrides; TypeError for an unknown field."""
-    config = resolve_name(name)
-    valid = [f.name for f in dataclasses.fields(FFOnlyConfig)]
-    unknown = set(overrides) - set(valid)
-    if unknown:
-        raise TypeError(f"unknown FFOnlyConfig overrides {sorted(unknown)}; valid: {valid}")
-    return config.replace(**overrides) if overrides else config
+    return with_overrides(resolve_name(name), overrides)

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from ...reference.blocks import Mlp
+from ...reference.blocks import Mlp, init_trunc_normal_
 from ...reference.stems import build_stem
 from ...validation import check_images
 from .config import FFOnlyConfig, resolve_name
@@ -82,14 +82,7 @@ class FFOnly(nn.Module):
         LayerNorms; the stem keeps PyTorch's default."""
         for p in (self.cls_token, self.pos_encoding.pos_embed, self.pos_encoding.cls_pos_embed):
             nn.init.trunc_normal_(p, std=0.02)
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_trunc_normal_(self)
 
     def forward_tokens(self, images):
         """(B, C, H, W) -> the tokens after the blocks and the final LayerNorm (B, N, D)."""

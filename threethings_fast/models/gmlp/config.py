@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from .._layers import check_common, check_eps, check_positive_ints, resolve
+from .._layers import check_common, check_eps, check_positive_ints, list_names, resolve, with_overrides
 
 STEMS = ("linear", "hmlp_bn", "hmlp_ln")
 
@@ -90,11 +90,9 @@ def resolve_name(name: str) -> GMLPConfig:
 
 def from_name(name: str, **overrides) -> GMLPConfig:
     """Config for `name` with field overrides (depth, img_size, stem, ...)."""
-    config = resolve_name(name)
-    return config.replace(**overrides) if overrides else config
+    return with_overrides(resolve_name(name), overrides)
 
 
 def list_models(include_tiny: bool = False) -> list[str]:
     """The family's model names (timm's spelling); the tiny test models too when asked."""
-    names = [name for table in [MODEL_TABLE] for name in table]
-    return names + list(TINY_TABLE) if include_tiny else names
+    return list_names([MODEL_TABLE], TINY_TABLE, include_tiny)

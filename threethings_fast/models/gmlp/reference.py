@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from ...reference.stems import build_stem
-from .._layers import check_model_input, init_linear_, mix_tokens
+from .._layers import check_model_input, init_linear_, init_timm_mixer_, mix_tokens
 from .config import GMLPConfig
 
 
@@ -85,18 +85,7 @@ class GMLP(nn.Module):
     def reset_parameters(self):
         """Random init close to timm's: Xavier-uniform linears, unit norms; the spatial projection per the paper
         (weights ~ 0, bias 1); a small random head (timm's is zero) so fresh logits depend on the input."""
-        for name, m in self.named_modules():
-            if isinstance(m, nn.Linear):
-                if name == "head":
-                    nn.init.trunc_normal_(m.weight, std=0.02)
-                    nn.init.zeros_(m.bias)
-                else:
-                    init_linear_(m)
-            elif isinstance(m, nn.Conv2d):
-                init_linear_(m)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_timm_mixer_(self, init_linear_)
         for block in self.blocks:
             nn.init.trunc_normal_(block.mlp_channels.gate.proj.weight, std=1e-6)
             nn.init.ones_(block.mlp_channels.gate.proj.bias)

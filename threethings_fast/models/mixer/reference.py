@@ -23,8 +23,15 @@ import torch
 from torch import nn
 
 from ...reference.stems import build_stem
-from .._layers import Mlp, check_model_input, init_linear_, mix_tokens
+from ...reference.blocks import Mlp
+from .._layers import check_model_input, init_timm_mixer_, mix_tokens
 from .config import MixerConfig
+
+
+def _lecun_normal_conv_(conv: nn.Conv2d) -> None:
+    fan_in = conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1]
+    nn.init.trunc_normal_(conv.weight, std=fan_in ** -0.5)
+    nn.init.zeros_(conv.bias)
 
 
 class TokenMixingBranch(nn.Module):
@@ -100,22 +107,8 @@ class MlpMixer(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self):
-        """Random init close to timm's: Xavier-uniform linears, lecun-normal-like stem, unit norms. The head gets a
-        small random init instead of timm's zeros so that a fresh model's logits depend on its input."""
-        for name, m in self.named_modules():
-            if isinstance(m, nn.Linear):
-                if name == "head":
-                    nn.init.trunc_normal_(m.weight, std=0.02)
-                    nn.init.zeros_(m.bias)
-                else:
-                    init_linear_(m)
-            elif isinstance(m, nn.Conv2d):
-                fan_in = m.in_channels * m.kernel_size[0] * m.kernel_size[1]
-                nn.init.trunc_normal_(m.weight, std=fan_in ** -0.5)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        """Random init close to timm's (`init_timm_mixer_`), with a lecun-normal-like stem."""
+        init_timm_mixer_(self, _lecun_normal_conv_)
 
     def forward_features(self, images):
         """(B, C, H, W) -> the pooled features (B, D): mean over tokens of the final LayerNorm's output."""

@@ -24,7 +24,8 @@ import torch
 from torch import nn
 
 from ...reference.stems import build_stem
-from .._layers import Affine, Mlp, check_model_input, init_linear_, mix_tokens
+from ...reference.blocks import Mlp
+from .._layers import Affine, check_model_input, init_linear_, mix_tokens
 from .config import ResMLPConfig
 
 

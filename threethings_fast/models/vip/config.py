@@ -22,6 +22,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Optional
 
+from .._layers import list_names, resolve, with_overrides
+
 
 @dataclass(frozen=True)
 class ViPConfig:
@@ -168,30 +170,14 @@ _ALIASES = {
 
 
 def list_models(include_tiny: bool = False) -> list[str]:
-    names = list(MODEL_TABLE)
-    if include_tiny:
-        names += list(TINY_TABLE)
-    return names
+    return list_names([MODEL_TABLE], TINY_TABLE, include_tiny)
 
 
 def resolve_name(name: str) -> ViPConfig:
     """Config of a ViP model name (official, paper or tiny test name); KeyError listing the known names."""
-    if not isinstance(name, str):
-        raise TypeError(f"model name must be a str, got {type(name).__name__}")
-    name = _ALIASES.get(name, name)
-    if name in MODEL_TABLE:
-        return MODEL_TABLE[name]
-    if name in TINY_TABLE:
-        return TINY_TABLE[name]
-    raise KeyError(f"unknown ViP model name {name!r}. Known: {', '.join(list_models(include_tiny=True))}; "
-                   f"aliases: {', '.join(_ALIASES)}")
+    return resolve(name, "ViP", [MODEL_TABLE, TINY_TABLE], _ALIASES)
 
 
 def from_name(name: str, **overrides) -> ViPConfig:
     """Config for `name` with field overrides (img_size, num_classes, ...); TypeError for an unknown field."""
-    config = resolve_name(name)
-    valid = [f.name for f in dataclasses.fields(ViPConfig)]
-    unknown = set(overrides) - set(valid)
-    if unknown:
-        raise TypeError(f"unknown ViPConfig overrides {sorted(unknown)}; valid: {valid}")
-    return config.replace(**overrides) if overrides else config
+    return with_overrides(resolve_name(name), overrides)

@@ -28,7 +28,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ...reference.blocks import Mlp
+from ...reference.blocks import Mlp, init_trunc_normal_
 from ...validation import check_images
 from .config import ViPConfig, resolve_name
 
@@ -141,14 +141,7 @@ class VisionPermutator(nn.Module):
     def reset_parameters(self):
         """The official init: truncated normal 0.02 on every Linear, zero biases, unit LayerNorms; convs keep
         PyTorch's default."""
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_trunc_normal_(self)
 
     def forward_features(self, images):
         """(B, C, H, W) -> pooled features (B, C_last): mean over the grid of the final LayerNorm's output."""
