@@ -9,9 +9,10 @@ For each model (S18x2, S36x1, B12x1, B18x2 by default) and batch (1, 8, 64, 256)
     graph  fused.capture([batch]) replayed on the same images == the eager output, bitwise (Triton backends)
 Then the other families (`--families`, default: the families preset's CUDA model of every family with a fused path
 at run time — mixer_b16_224, resmlp_24_224, gmlp_b16_224, vip_m7, ffonly_base) at batch 1 and 64
-(`--family-batches`), weights far from init (ResMLP's Affine and LayerScales included), two rows each:
-    fused[triton]        convert(model, backend="triton") in bfloat16, within the same bound against float64
-    fused[triton]+graph  its CUDA-graph replay, within the same bound, and == the eager output, bitwise
+(`--family-batches`), weights far from init (ResMLP's Affine and LayerScales included), three rows each:
+    fused[triton]            convert(model, backend="triton") in bfloat16, within the same bound against float64
+    fused[triton]+graph      its CUDA-graph replay, within the same bound, and == the eager output, bitwise
+    fused[triton/fusednorm]  convert(model, backend="triton", norm="fused"), within the same bound
 Each row is appended to the JSON file as soon as it is known, so a run cut short keeps what it checked.
 
     python bench/gpu_check.py --out OUT/check.json [--models S18x2 ...] [--batches 1 8 64 256] [--engine]
@@ -45,8 +46,8 @@ from threethings_fast.timing import device_name  # noqa: E402
 ATOL_BF16 = 1.6e-2
 #: The fused models checked, by their provider names (threethings_fast.providers).
 BACKENDS = ("fused[torch]", "fused[triton]", "fused[triton/fusednorm]", "fused[cuda]")
-#: The other families: norm="fused" and the engine are ViT-only; the graph replay gets its own row.
-FAMILY_BACKENDS = ("fused[triton]", "fused[triton]+graph")
+#: The other families: the engine is ViT-only; the graph replay gets its own row.
+FAMILY_BACKENDS = ("fused[triton]", "fused[triton]+graph", "fused[triton/fusednorm]")
 #: The dry run's default family models (TINY_TABLE names: odd widths, a few blocks).
 TINY_FAMILY_MODELS = {"mixer": "mixer_tiny_2x2", "resmlp": "resmlp_tiny_2x2", "gmlp": "gmlp_tiny_2",
                       "vip": "vip_test_a", "ffonly": "ffonly_test_a"}

@@ -18,9 +18,10 @@
 #                        lists, fused-norm variants, split-K and its reduction; attention; normalize; row_stats;
 #                        patch embed) ~75 s, the models' forwards and float64 references ~35 s. Then every fusable
 #                        MLP family (mixer_b16_224, resmlp_24_224, gmlp_b16_224, vip_m7, ffonly_base) at batch 1
-#                        and 64, fused[triton] and fused[triton]+graph, same bound: ~10 new variants
-#                        (token_linear epilogues, normalize_tokens, stems without position embedding) ~30 s, five
-#                        models built far from init in float64 and their forwards ~10 s                cap 175 s
+#                        and 64, fused[triton], fused[triton]+graph and fused[triton/fusednorm], same bound:
+#                        ~14 new variants (token_linear epilogues and its normalising variant, normalize_tokens,
+#                        stems without position embedding) ~40 s, five models built far from init in float64 and
+#                        their forwards ~10 s (past the cap, gpu_check's deadline keeps what it checked) cap 175 s
 #     headline  ~60 s    the profiler: S18x2 and S36x1 at batch 1, 64, 256: reference, fused[triton] eager and
 #                        +graph, timm (kernels already compiled by check)                               cap  80 s
 #   Tier 2 (budget 300 s), autotuning off:

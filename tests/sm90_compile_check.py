@@ -95,6 +95,7 @@ def build_variants() -> list[Variant]:
     hms = importlib.import_module(f"{PKG}.hmlp_stem")
     pem = importlib.import_module(f"{PKG}.patch_embed")
     tok = importlib.import_module(f"{PKG}.token_linear")
+    perm = importlib.import_module(f"{PKG}.permute_linear")
     out: list[Variant] = []
 
     # normalize: (x dtype, y dtype, D). BLOCK_D = next_power_of_2(D): 384 -> 512; 1024 and MAX_D = 8192 are large.
@@ -316,16 +317,41 @@ def build_variants() -> list[Variant]:
     for dt, epi, flags in [("bf16", "scale+shift+gelu", dict(HAS_SCALE=True, HAS_SHIFT=True, ACTIVATION=1)),
                            ("bf16", "bias+residual", dict(HAS_BIAS=True, HAS_RESIDUAL=True)),
                            ("fp16", "scale+shift+gate", dict(HAS_SCALE=True, HAS_SHIFT=True, HAS_GATE=True)),
-                           ("fp32", "scale+shift+gelu", dict(HAS_SCALE=True, HAS_SHIFT=True, ACTIVATION=1))]:
+                           ("fp32", "scale+shift+gelu", dict(HAS_SCALE=True, HAS_SHIFT=True, ACTIVATION=1)),
+                           # gMLP-S's gate (D = 768 in 24 statistics slots of 32), normalised in the main loop
+                           ("bf16", "norm+scale+shift+gate", dict(HAS_SCALE=True, HAS_SHIFT=True, HAS_GATE=True,
+                                                                  NORM_IN=True, **tok.stats_meta(32, 768))),
+                           ("fp32", "norm+scale+shift+gelu", dict(HAS_SCALE=True, HAS_SHIFT=True, ACTIVATION=1,
+                                                                  NORM_IN=True, **tok.stats_meta(32, 768)))]:
         consts = dict(HAS_BIAS=False, HAS_SCALE=False, HAS_SHIFT=False, ACTIVATION=0, HAS_GATE=False,
-                      HAS_RESIDUAL=False, DOT_PREC="ieee", **tok_meta)
+                      HAS_RESIDUAL=False, DOT_PREC="ieee", NORM_IN=False, **tok.stats_meta(0, 768), **tok_meta)
         consts.update(flags)
         tok_ptrs = {n: f"*{dt}" for n in ("w_ptr", "x_ptr", "g_ptr", "r_ptr", "y_ptr")}
-        tok_ptrs.update(b_ptr="*fp32", s_ptr="*fp32", t_ptr="*fp32")
+        tok_ptrs.update(b_ptr="*fp32", s_ptr="*fp32", t_ptr="*fp32", st_ptr="*fp32")
         out.append(Variant(
             name=f"token_linear/{dt}/{tok_meta['BLOCK_M']}x{tok_meta['BLOCK_D']}x{tok_meta['BLOCK_K']}/{epi}",
             module="token_linear", kernel="_token_linear_kernel", consts=consts, ptrs=tok_ptrs,
-            num_warps=tok_warps, num_stages=tok_stages, not_div16=("M", "N", "D", "stride_wm", "stride_xn"),
+            num_warps=tok_warps, num_stages=tok_stages, floats=("eps",),
+            not_div16=("M", "N", "D", "stride_wm", "stride_xn"),
+            tensor_cores=dt != "fp32", cost=4.0))
+
+    # permute_projections: ViP's height / width / channel projections in one grouped launch, at ViP-S/7 stage 1
+    # (H = W = 32, C = 192, K = 32 segments of S = 6) with biases, batch 64 and batch 1 (B = 1 is specialised to a
+    # constant), fp16, fp32 IEEE; and S = 1 (also specialised: the channel problem's outer stride becomes constexpr).
+    perm_meta = perm._meta(192)
+    perm_warps, perm_stages = perm_meta.pop("num_warps"), perm_meta.pop("num_stages")
+    for dt, tag, ones, has_bias in [("bf16", "S6/B64", (), True), ("bf16", "S6/B1", ("B",), True),
+                                    ("fp16", "S6/B64/nobias", (), False), ("fp32", "S6/B64", (), True),
+                                    ("bf16", "S1/B64", ("S",), True)]:
+        perm_ptrs = {n: f"*{dt}" for n in ("x_ptr", "wh_ptr", "ww_ptr", "wc_ptr", "y_ptr", "bh_ptr", "bw_ptr",
+                                           "bc_ptr")}
+        out.append(Variant(
+            name=(f"permute_projections/{dt}/{perm_meta['BLOCK_M']}x{perm_meta['BLOCK_N']}x{perm_meta['BLOCK_K']}"
+                  f"/{tag}"),
+            module="permute_linear", kernel="_permute_projections_kernel",
+            consts=dict(HAS_BIAS=has_bias, DOT_PREC="ieee", **perm_meta), ptrs=perm_ptrs,
+            num_warps=perm_warps, num_stages=perm_stages, ones=ones,
+            not_div16=tuple(n for n in ("B", "H", "W", "C", "S", "K") if n not in ones),
             tensor_cores=dt != "fp32", cost=4.0))
     return out
 
@@ -513,7 +539,8 @@ def _worker_init():
     # channel clean by sending the worker's stdout to stderr.
     os.dup2(2, 1)
     try:  # import torch and the kernel modules now, so compile_s measures compilation only
-        for mod in ("normalize", "linear", "attention", "hmlp_stem", "patch_embed", "token_linear"):
+        for mod in ("normalize", "linear", "attention", "hmlp_stem", "patch_embed", "token_linear",
+                    "permute_linear"):
             importlib.import_module(f"{PKG}.{mod}")
     except Exception:  # noqa: BLE001 - run_variant reports the import error per variant
         pass

@@ -110,8 +110,8 @@ def test_gpu_check_logic_on_the_cpu(tmp_path, monkeypatch):
 
 
 def test_gpu_check_family_rows_and_their_graph_row(monkeypatch):
-    """On the GPU the families get a fused[triton] row and a fused[triton]+graph row (the replay against float64 and
-    == eager). Here the same logic with fused[torch] and a stand-in replay; the GPU run's default family models are
+    """On the GPU the families get a fused[triton] row, a fused[triton]+graph row (the replay against float64 and
+    == eager) and a fused[triton/fusednorm] row. Here the same logic with fused[torch] and a stand-in replay; the GPU run's default family models are
     each fusable family's CUDA model of the profiler's families preset."""
     gc = _gpu_check_module(monkeypatch)
     from threethings_fast.fused.model import FusedModel
@@ -119,7 +119,7 @@ def test_gpu_check_family_rows_and_their_graph_row(monkeypatch):
     defaults = gc.default_families(dry_run=False)
     assert defaults[:3] == ["mixer_b16_224", "resmlp_24_224", "gmlp_b16_224"]
     assert len(defaults) == sum(f.fusable for name, f in FAMILIES.items() if name != "vit")
-    assert gc.FAMILY_BACKENDS == ("fused[triton]", "fused[triton]+graph")
+    assert gc.FAMILY_BACKENDS == ("fused[triton]", "fused[triton]+graph", "fused[triton/fusednorm]")
     captured = []
 
     def capture(self, batch_sizes):       # a replay that recomputes: equal to eager, bitwise, on the CPU

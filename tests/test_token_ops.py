@@ -77,6 +77,72 @@ def test_token_linear_bad_input():
     assert tk.token_linear(x[:0], w).shape == (0, 3, 8)
 
 
+def _stats_of(x2d, source):
+    """RowStats of the (M, D) matrix x2d: one slot per row (row_stats) or the 32-column slots of the GEMM that
+    produced it (linear(..., return_stats=True), here an identity GEMM so its output is x2d itself)."""
+    if source == "row_stats":
+        return tk.row_stats(x2d)
+    eye = torch.eye(x2d.shape[1], dtype=x2d.dtype, device=x2d.device)
+    y, stats = tk.linear(x2d, eye, return_stats=True)
+    assert torch.equal(y, x2d)
+    return stats
+
+
+@pytest.mark.parametrize("source", ["row_stats", "linear"])
+@pytest.mark.parametrize("epilogue", ["plain", "gate"])
+@pytest.mark.parametrize("B, N, M, D", [(1, 1, 1, 1), (2, 5, 7, 24), (3, 49, 33, 70), (1, 40, 40, 96)])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_token_linear_normalises_its_input_rows(B, N, M, D, epilogue, source, dtype):
+    """norm=RowStats: y[b] = W @ LN(x[b]) with LN over each token's channels (gMLP's gate, Mixer's token mixing),
+    the statistics merged from slots in the main loop. Rows of large mean and spread, so an unnormalised product
+    or a wrong slot merge is far off."""
+    g = torch.Generator().manual_seed(7 * B + N + D)
+    spread = 0.5 + torch.rand(B, N, 1, generator=g)   # mean/std up to ~30: fp32 slot merging stays accurate
+    x = 3 + 5 * torch.randn(B, N, 1, generator=g) + torch.randn(B, N, D, generator=g) * spread
+    w = torch.randn(M, N, generator=g) / N ** 0.5
+    kw = EPILOGUES[epilogue](B, M, D)
+    eps = 1e-5
+    ref64 = tk.token_linear_ref(x, w, **kw, upcast=True, normalize_input=True, eps=eps)
+    xl, wl, kwl = x.to(DEVICE, dtype), w.to(DEVICE, dtype), _to(kw, dtype)
+    stats = _stats_of(xl.view(B * N, D), source)
+    stats = tk.RowStats(stats.partials.view(B, N, *stats.partials.shape[1:]), stats.width)
+    out = tk.token_linear(xl, wl, **kwl, norm=stats, eps=eps)
+    assert out.shape == (B, M, D) and out.dtype == dtype
+    unfused = tk.token_linear_ref(xl, wl, **kwl, normalize_input=True, eps=eps)
+    assert_close_to_ref(out.cpu(), unfused.cpu(), ref64, ATOL[dtype], f"norm from {source}, {epilogue}")
+
+
+def test_token_linear_norm_reads_a_strided_view():
+    x = (4 + torch.randn(2, 9, 48))[:, :, 8:40]
+    w = torch.randn(5, 9)
+    stats = tk.row_stats(x.contiguous().view(18, 32))
+    stats = tk.RowStats(stats.partials.view(2, 9, 1, 2), stats.width)
+    out = tk.token_linear(x.to(DEVICE), w.to(DEVICE), norm=stats, eps=1e-6)
+    ref = tk.token_linear_ref(x, w, upcast=True, normalize_input=True, eps=1e-6)
+    torch.testing.assert_close(out.cpu().double(), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_token_linear_norm_bad_input():
+    x, w = torch.randn(2, 5, 40, device=DEVICE), torch.randn(3, 5, device=DEVICE)
+    good = tk.row_stats(x.view(10, 40))
+    with pytest.raises(ValueError, match="norm.partials"):
+        tk.token_linear(x, w, norm=good)                                          # (10, 1, 2), not (2, 5, 1, 2)
+    stats = tk.RowStats(good.partials.view(2, 5, 1, 2), good.width)
+    with pytest.raises(ValueError, match="norm.partials"):
+        tk.token_linear(x, w, norm=tk.RowStats(stats.partials, 32))                # 40 columns: 2 slots of 32
+    with pytest.raises(TypeError, match="float32"):
+        tk.token_linear(x, w, norm=tk.RowStats(stats.partials.double(), 40))
+    with pytest.raises(ValueError, match="width"):
+        tk.token_linear(x, w, norm=tk.RowStats(stats.partials, 0))
+    with pytest.raises(ValueError, match="eps"):
+        tk.token_linear(x, w, norm=stats, eps=-1.0)
+    with pytest.raises(TypeError, match="RowStats"):
+        tk.token_linear(x, w, norm=stats.partials)
+    with pytest.raises(ValueError, match="contiguous"):
+        strided = torch.zeros(2, 5, 2, 2, device=DEVICE)[:, :, :1]
+        tk.token_linear(x, w, norm=tk.RowStats(strided, 40))
+
+
 @pytest.mark.parametrize("B, N, D", [(1, 1, 1), (2, 5, 24), (1, 197, 40), (3, 50, 70)])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_normalize_tokens_matches_float64(B, N, D, dtype):

@@ -41,7 +41,7 @@ def convert(model: Union[nn.Module, Mapping, str, os.PathLike], backend: str = "
                reference (`create_model("mixer_b16_224")`, K-parallel variants included), timm's `MlpMixer` of the
                first three families, or a state dict in the family's layout (timm's; the official one for ViP and
                feed-forward-only) with `config` set to the family's name or config. The result is a `FusedModel`
-               (a `FusedViT` for ViTs); the C++ engine and norm="fused" are ViT-only.
+               (a `FusedViT` for ViTs); the C++ engine is ViT-only.
              Modules are read exactly (heads, eps, patch size, tokens, pooling, stem); anything the fused path cannot
              reproduce (qk-norm, SwiGLU, a tanh GELU, attention pooling, a custom block, dropout active in train
              mode, ...) raises ValueError naming it.
@@ -53,9 +53,11 @@ def convert(model: Union[nn.Module, Mapping, str, os.PathLike], backend: str = "
              Inputs must then be of that dtype and device.
     norm:    "separate" (default: a normalisation kernel writes x̂ for the QKV and fc1 GEMMs, 7 launches per block)
              or "fused" (Triton backend only: the residual GEMMs write per-row statistics of their output and the
-             QKV / fc1 GEMMs apply the LayerNorm in their epilogue, 5 launches per block, no x̂ in memory). Which
-             is faster is for the GPU benchmark to say (bench/notes/normalize.md); both give the same outputs within
-             the dtype's rounding.
+             QKV / fc1 GEMMs apply the LayerNorm in their epilogue, 5 launches per block, no x̂ in memory). The MLP
+             families the same way; their token GEMMs over a LayerNorm'd input (Mixer's token mixing, gMLP's
+             gate) normalise the rows in their main loop. Which is faster is for the GPU benchmark to say
+             (bench/notes/normalize.md, bench/notes/token_linear.md); both give the same outputs within the
+             dtype's rounding.
     allow_nonfinite: load weights holding NaN / Inf (refused by default: CheckpointError naming the tensors).
     BatchNorm in an hMLP stem is folded with its running statistics (eval semantics) whatever mode `model` is in.
     """
@@ -157,9 +159,6 @@ def _convert_family(reference: nn.Module, backend: str, dtype, device, norm: str
     if dtype not in _DTYPES:
         raise TypeError(f"dtype must be one of {_DTYPES}, got {dtype}")
     device = concrete_device(device) if device is not None else param.device
-    if norm != "separate":
-        raise ValueError(f"norm={norm!r} is the ViT path's LayerNorm placement; {family.title} models normalise with "
-                         "norm='separate'")
     requested = backend
     if requested == "cuda":
         raise ValueError(f"backend='cuda' (the C++ engine) runs ViTs only; use backend='triton' or 'torch' for "
@@ -171,8 +170,11 @@ def _convert_family(reference: nn.Module, backend: str, dtype, device, norm: str
         if requested == "triton":
             raise TypeError("the Triton backend runs float16, bfloat16 or float32; use backend='torch' for float64")
         backend = "torch"
-    ops = make_ops(backend, "separate")
+    ops = make_ops(backend, norm)    # norm="fused" on the torch backend: a ValueError naming the Triton backend
     weights = family.folder()(reference).pack(ops, dtype, device)
+    refresh = getattr(ops, "refresh", None)
+    if refresh is not None:   # what the backend derives from the packed weights (Triton norm="fused": column sums)
+        refresh(weights)
     return FusedModel(weights, ops, dtype, device, family)
 
 

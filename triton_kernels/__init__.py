@@ -13,7 +13,9 @@ Pure functions on tensors, one file per op. Each op is also registered with torc
     patch_embed(images, weight, bias=None, pos=None, cls=None, ...)           -> ttf::patch_embed
     hmlp_stem(images, prepare_hmlp_stem(folded), pos=None, cls=None, ...)     -> ttf::hmlp_stem
     token_linear(x, w, bias=None, activation=None, scale=None, shift=None,
-                 gate=None, residual=None)                                    -> ttf::token_linear
+                 gate=None, residual=None, norm=None, eps=1e-6)               -> ttf::token_linear
+    permute_projections(x, height_w, height_b, width_w, width_b,
+                        channel_w, channel_b, segments)                       -> ttf::permute_projections
 
 Each op module also keeps a plain PyTorch reference ``<op>_ref(..., upcast=False)`` used by tests and benchmarks.
 
@@ -41,6 +43,7 @@ from .normalize import normalize, normalize_ref, normalize_tokens, normalize_tok
 from .hmlp_stem import HMLPStemWeights, hmlp_stem, hmlp_stem_ref, prepare_hmlp_stem
 from .patch_embed import patch_embed, patch_embed_ref
 from .token_linear import token_linear, token_linear_ref
+from .permute_linear import permute_projections, permute_projections_ref
 
 __all__ = [
     "NAMESPACE",
@@ -67,4 +70,6 @@ __all__ = [
     "patch_embed_ref",
     "token_linear",
     "token_linear_ref",
+    "permute_projections",
+    "permute_projections_ref",
 ]

@@ -71,6 +71,7 @@ from ._common import (FLOAT_DTYPES, RowStats, autotune_enabled, autotuned, cache
                       check_same_device, check_tensor, device_guard, env_value, gdc_launch_dependents, gdc_wait,
                       interpreter_active, launch_choice, next_power_of_2, pdl_enabled, pdl_launch_kwargs,
                       register_op, skip_launch, wrap_triton)
+from ._row_stats import check_row_stats, merge_row_stats
 
 __all__ = ["linear", "linear_ref", "column_sums", "ACTIVATIONS", "STAT_W"]
 
@@ -166,18 +167,7 @@ def _epilogue(acc, pid_n, offs_m, offs_n, mask_m, mask_n, N, K,
     pid_n (columns offs_n = pid_n·BLOCK_N + [0, BLOCK_N))."""
     offs_m64 = offs_m.to(tl.int64)
     if NORM_IN:
-        # Merge the row's statistic slots exactly: μ = Σ n_t μ_t / K, M2 = Σ M2_t + n_t (μ_t − μ)².
-        t = tl.arange(0, T_IN_PAD)
-        t_ok = t < T_IN
-        n_t = tl.where(t_ok, tl.minimum(K - t * W_IN, W_IN), 0).to(tl.float32)
-        sp = s_ptr + offs_m64[:, None] * (T_IN * 2) + t[None, :] * 2
-        s_mask = mask_m[:, None] & t_ok[None, :]
-        mu_t = tl.load(sp, mask=s_mask, other=0.0)
-        m2_t = tl.load(sp + 1, mask=s_mask, other=0.0)
-        mean = tl.sum(mu_t * n_t[None, :], axis=1) / K
-        dev = mu_t - mean[:, None]
-        m2 = tl.sum(m2_t + n_t[None, :] * dev * dev, axis=1)
-        rstd = 1.0 / tl.sqrt(m2 / K + eps)
+        mean, rstd = merge_row_stats(s_ptr, offs_m64, mask_m, K, eps, W_IN, T_IN, T_IN_PAD)
         # (x − μ)·rstd @ Wᵀ = rstd·(x @ Wᵀ − μ·Σ_k W[n, k]): the main loop multiplied the raw rows.
         csum = tl.load(c_ptr + offs_n, mask=mask_n, other=0.0)
         acc = (acc - mean[:, None] * csum[None, :]) * rstd[:, None]
@@ -568,7 +558,7 @@ def _launch_plan(M: int, N: int, K: int, dtype: torch.dtype, num_sms: int, force
         NORM_IN=norm_width > 0,
         W_IN=max(norm_width, 1),
         T_IN=t_in,
-        T_IN_PAD=max(2, next_power_of_2(t_in)),
+        T_IN_PAD=max(2, next_power_of_2(t_in)),  # as _row_stats.stats_meta
         STATS_OUT=stats_out,
         STAT_W=STAT_W,
     )
@@ -666,16 +656,9 @@ def _check_norm_args(x, weight, norm_partials, norm_width, norm_colsum, norm_eps
     if norm_colsum is None:
         raise ValueError("linear(norm=...) needs colsum: the fp32 row sums weight.double().sum(1) of the weight "
                          "as stored (see column_sums)")
-    if not isinstance(norm_width, (int, torch.SymInt)) or isinstance(norm_width, bool) or not norm_width >= 1:
-        raise ValueError(f"norm width must be a positive int (columns per statistics slot), got {norm_width!r}")
-    norm_width = int(norm_width)   # a kernel constexpr
-    t = -(-K // norm_width)
-    check_tensor(norm_partials, "norm.partials", ndim=x.dim() + 1, shape=tuple(x.shape[:-1]) + (t, 2),
-                 dtypes=None, dtype=torch.float32)
+    norm_width = check_row_stats(norm_partials, norm_width, tuple(x.shape[:-1]), K, norm_eps, x)
     check_tensor(norm_colsum, "colsum", ndim=1, shape=(N,), dtypes=None, dtype=torch.float32)
-    if not isinstance(norm_eps, (int, float)) or not norm_eps >= 0:
-        raise ValueError(f"eps must be a non-negative float, got {norm_eps!r}")
-    check_same_device(x=x, norm_partials=norm_partials, colsum=norm_colsum)
+    check_same_device(x=x, colsum=norm_colsum)
     return norm_width
 
 

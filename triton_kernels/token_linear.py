@@ -2,7 +2,9 @@ r"""Token mixing: one GEMM across the token axis of every sample, with the MLP f
 
 Math, for every sample b of x (B, N, D) (rows are tokens, columns channels):
 
-    y[b] = W (N', N) @ x[b] (N, D)                       fp32 accumulation
+    x̂[b] = LN(x[b]) row by row                          optional (norm=RowStats of x): LayerNorm without affine
+                                                         over each token's D channels, applied in the main loop
+    y[b] = W (N', N) @ x[b] (N, D)                       fp32 accumulation (x̂[b] with norm=)
     y    = y * scale + shift                             scale (D,) or (N', D), shift (N', D): optional
     y    = y + bias[:, None]                             bias (N',): one value per output token
     y    = gelu(y)                                       optional, exact erf
@@ -15,6 +17,14 @@ activations is made, where an nn.Linear over tokens would need x.transpose(1, 2)
 `scale`/`shift` carry a per-channel affine through the token GEMM exactly: W (x̂ diag g + 1 βᵀ) = (W x̂) diag g +
 (W 1) βᵀ, so a LayerNorm (Mixer, gMLP) or Affine (ResMLP) before the token mixing folds into this epilogue, and a
 LayerScale after it into scale and shift.
+
+Normalised input (norm=): the rows of x are tokens, the reduction index of this GEMM, so LN cannot be corrected in
+the epilogue as `linear` does (there the normalised rows are the output rows). Instead each K step merges the row
+statistics of its BLOCK_K tokens (`_row_stats.merge_row_stats`: slots written by the GEMM that produced x, e.g.
+``linear(..., return_stats=True)``) and normalises the B tile in registers, (x − μ)·rstd, rounded to x's dtype as a
+separate normalisation kernel would store x̂, before the dot: no x̂ is written or read. Cost: per K step a
+(BLOCK_K, ⌈D/32⌉, 2) fp32 load of statistics (L2-resident; gMLP-S: 24 slots) and BLOCK_K·BLOCK_D fused
+multiply-adds, repeated by each of the ⌈N'/BLOCK_M⌉·⌈D/BLOCK_D⌉ programs of a sample.
 
 Cost: 2·B·N'·N·D FLOPs; bytes B·(N + N')·D·sizeof(x) + N'·N·sizeof(W) (+ the epilogue operands). Mixer-B/16 at
 batch 64: N = N' = 196, D = 768 -> 3.8 GFLOP for 2 × 19 MB of bf16 activations: ~100 FLOP/byte, memory-bound on
@@ -29,8 +39,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (FLOAT_DTYPES, cached_check, check_same_device, check_tensor, device_guard,
+from ._common import (FLOAT_DTYPES, RowStats, cached_check, check_same_device, check_tensor, device_guard,
                       interpreter_active, register_op, skip_launch, wrap_triton)
+from ._row_stats import check_row_stats, merge_row_stats, stats_meta
 
 __all__ = ["token_linear", "token_linear_ref"]
 
@@ -46,6 +57,8 @@ def _token_linear_kernel(
     g_ptr,      # (B, N', D) gate, strides (stride_gb, stride_gm, 1); unused unless HAS_GATE
     r_ptr,      # (B, N', D) residual, strides (stride_rb, stride_rm, 1); unused unless HAS_RESIDUAL
     y_ptr,      # (B, N', D) output, strides (stride_yb, stride_ym, 1)
+    st_ptr,     # (B, N, T_IN, 2) fp32 row statistics of x (RowStats partials); unused unless NORM_IN
+    eps,        # LayerNorm epsilon (NORM_IN)
     # sizes
     M, N, D,    # M = N' output tokens, N input tokens (the reduction), D channels
     # strides
@@ -54,6 +67,7 @@ def _token_linear_kernel(
     # meta-parameters
     HAS_BIAS: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr, ACTIVATION: tl.constexpr,
     HAS_GATE: tl.constexpr, HAS_RESIDUAL: tl.constexpr, DOT_PREC: tl.constexpr,
+    NORM_IN: tl.constexpr, W_IN: tl.constexpr, T_IN: tl.constexpr, T_IN_PAD: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
@@ -71,6 +85,11 @@ def _token_linear_kernel(
         k_ok = (k0 + offs_k) < N
         w = tl.load(w_ptrs, mask=mask_m[:, None] & k_ok[None, :], other=0.0)
         x = tl.load(x_ptrs, mask=k_ok[:, None] & mask_d[None, :], other=0.0)
+        if NORM_IN:
+            # Tokens beyond N meet zero W columns: their (finite) normalised values add nothing.
+            tok = b * N + k0 + offs_k
+            mean, rstd = merge_row_stats(st_ptr, tok, k_ok, D, eps, W_IN, T_IN, T_IN_PAD)
+            x = ((x.to(tl.float32) - mean[:, None]) * rstd[:, None]).to(x_ptr.dtype.element_ty)
         acc = tl.dot(w, x, acc, input_precision=DOT_PREC)
         w_ptrs += BLOCK_K
         x_ptrs += BLOCK_K * stride_xn
@@ -102,7 +121,7 @@ def _meta(M: int, D: int) -> dict:
 
 
 @cached_check
-def _check_args(x, w, bias, scale, shift, gate, residual, activation):
+def _check_args(x, w, bias, scale, shift, gate, residual, activation, norm_partials, norm_width, norm_eps):
     check_tensor(x, "x", ndim=3, dtypes=FLOAT_DTYPES, contiguous=False)
     if x.stride(-1) != 1:
         raise ValueError(f"x must have unit stride along its last dim (channels), got strides {tuple(x.stride())}")
@@ -128,13 +147,18 @@ def _check_args(x, w, bias, scale, shift, gate, residual, activation):
     if activation not in (None, "gelu"):
         raise ValueError(f"activation must be None or 'gelu', got {activation!r}")
     check_same_device(x=x, w=w, bias=bias, scale=scale, shift=shift, gate=gate, residual=residual)
-    return B, M, D
+    width = 0
+    if norm_partials is not None:
+        width = check_row_stats(norm_partials, norm_width, (B, N), D, norm_eps, x)
+    return B, M, D, width
 
 
 def _token_linear_op(x: torch.Tensor, w: torch.Tensor, bias: Optional[torch.Tensor], scale: Optional[torch.Tensor],
                      shift: Optional[torch.Tensor], gate: Optional[torch.Tensor], residual: Optional[torch.Tensor],
-                     activation: Optional[str]) -> torch.Tensor:
-    B, M, D = _check_args(x, w, bias, scale, shift, gate, residual, activation)
+                     activation: Optional[str], norm_partials: Optional[torch.Tensor] = None, norm_width: int = 0,
+                     norm_eps: float = 0.0) -> torch.Tensor:
+    B, M, D, width = _check_args(x, w, bias, scale, shift, gate, residual, activation, norm_partials, norm_width,
+                                 norm_eps)
     y = torch.empty((B, M, D), dtype=x.dtype, device=x.device)
     if y.numel() == 0 or skip_launch(x):
         return y
@@ -146,6 +170,7 @@ def _token_linear_op(x: torch.Tensor, w: torch.Tensor, bias: Optional[torch.Tens
             w, x, bias if bias is not None else dummy, scale if scale is not None else dummy,
             shift if shift is not None else dummy, gate if gate is not None else dummy,
             residual if residual is not None else dummy, y,
+            norm_partials if norm_partials is not None else dummy, float(norm_eps),
             M, x.shape[1], D,
             w.stride(0), x.stride(0), x.stride(1),
             (scale.stride(0) if scale.dim() == 2 else 0) if scale is not None else 0,
@@ -158,6 +183,7 @@ def _token_linear_op(x: torch.Tensor, w: torch.Tensor, bias: Optional[torch.Tens
             HAS_RESIDUAL=residual is not None,
             # fp32 operands must match an fp32 reference (no TF32); 16-bit operands ignore it
             DOT_PREC="ieee",
+            NORM_IN=width > 0, **stats_meta(width, D),
             **meta,
         )
     return y
@@ -169,8 +195,9 @@ _token_linear_registered = register_op("token_linear", _token_linear_op)
 def token_linear(x: torch.Tensor, w: torch.Tensor, bias: Optional[torch.Tensor] = None,
                  activation: Optional[str] = None, scale: Optional[torch.Tensor] = None,
                  shift: Optional[torch.Tensor] = None, gate: Optional[torch.Tensor] = None,
-                 residual: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Token mixing y[b] = W @ x[b] with the epilogue of the module docstring.
+                 residual: Optional[torch.Tensor] = None, norm: Optional[RowStats] = None,
+                 eps: float = 1e-6) -> torch.Tensor:
+    """Token mixing y[b] = W @ x[b] (or W @ LN(x[b]) with `norm`) with the epilogue of the module docstring.
 
     Args:
         x: (B, N, D) float16/bfloat16/float32, unit stride along D (other strides free: a view is fine), CUDA
@@ -180,18 +207,33 @@ def token_linear(x: torch.Tensor, w: torch.Tensor, bias: Optional[torch.Tensor] 
         activation: None or "gelu" (exact erf), applied after scale / shift / bias, before gate and residual.
         scale: optional (D,) or (N', D); shift: optional (N', D); any float dtype (fp32 keeps folds exact).
         gate, residual: optional (B, N', D) in x's dtype, unit stride along D.
+        norm: optional RowStats of x's rows, partials (B, N, ⌈D / width⌉, 2) fp32 contiguous (from `row_stats(x)`,
+            or ``linear(..., return_stats=True)`` on the (B·N, D) matrix x views, reshaped): the product then reads
+            LN(x) (LayerNorm without affine over each token's D channels, epsilon `eps`), normalised in the main
+            loop; fold the LayerNorm's affine into `scale` / `shift`.
+        eps: with `norm`, the LayerNorm epsilon.
 
     Returns:
-        (B, N', D) in x's dtype. Registered as ``torch.ops.ttf.token_linear``.
+        (B, N', D) in x's dtype. Registered as ``torch.ops.ttf.token_linear(x, w, bias, scale, shift, gate,
+        residual, activation, norm_partials=None, norm_width=0, norm_eps=0.0)``.
     """
-    return _token_linear_registered(x, w, bias, scale, shift, gate, residual, activation)
+    if norm is None:
+        return _token_linear_registered(x, w, bias, scale, shift, gate, residual, activation)
+    if not isinstance(norm, RowStats):
+        raise TypeError(f"norm must be a RowStats (from row_stats or linear(..., return_stats=True)), got "
+                        f"{type(norm).__name__}")
+    return _token_linear_registered(x, w, bias, scale, shift, gate, residual, activation, norm.partials,
+                                    int(norm.width), float(eps))
 
 
 def token_linear_ref(x, w, bias=None, activation=None, scale=None, shift=None, gate=None, residual=None,
-                     upcast: bool = False) -> torch.Tensor:
+                     upcast: bool = False, normalize_input: bool = False, eps: float = 1e-6) -> torch.Tensor:
     """Plain PyTorch: rounds to x.dtype after every op as an unfused model would; upcast=True computes and returns
-    float64 (the oracle)."""
+    float64 (the oracle). normalize_input=True applies LayerNorm without affine (`eps`) over each token's channels
+    first: the reference of ``token_linear(norm=...)``."""
     dt = torch.float64 if upcast else x.dtype
+    if normalize_input:
+        x = torch.nn.functional.layer_norm(x.to(dt), (x.shape[-1],), eps=eps)
 
     def c(t):
         return None if t is None else t.to(dt)

@@ -40,8 +40,9 @@ class FusedModel(nn.Module):
         return self.ops.name
 
     def extra_repr(self) -> str:
-        return f"family={self.family.name}, backend={self.backend}, dtype={self.dtype}, device={self.device}, " \
-               f"config={self.config}"
+        norm = getattr(self.ops, "norm", "separate")
+        return f"family={self.family.name}, backend={self.backend}, norm={norm}, dtype={self.dtype}, " \
+               f"device={self.device}, config={self.config}"
 
     def train(self, mode: bool = True):
         if mode:

@@ -137,3 +137,25 @@ class TorchOps:
         q, k, v = qkv.view(b, n, 3, num_heads, head_dim).permute(2, 0, 3, 1, 4)   # (B, Hh, N, d) views
         o = F.scaled_dot_product_attention(q, k, v, scale=1.0)                     # q is pre-scaled
         return o.transpose(1, 2).reshape(b, n, num_heads * head_dim)
+
+    @staticmethod
+    def permute_projections(x, height_w, height_b, width_w, width_b, channel_w, channel_b, segments):
+        # The unfused structure: the height / width GEMMs read permuted copies of x (rows (b, j, k) x (i, s) and
+        # (b, i, k) x (j, s)) and their outputs are permuted back into the token layout of `out`.
+        b, hh, ww, c = x.shape
+        s = c // segments
+        out = torch.empty((3, b, hh, ww, c), dtype=x.dtype, device=x.device)
+        grid = x.view(b, hh, ww, segments, s)
+        h = _project(grid.permute(0, 2, 3, 1, 4).reshape(-1, hh * s), height_w, height_b)
+        out[0].view(b, hh, ww, segments, s).copy_(h.view(b, ww, segments, hh, s).permute(0, 3, 1, 2, 4))
+        w = _project(grid.permute(0, 1, 3, 2, 4).reshape(-1, ww * s), width_w, width_b)
+        out[1].view(b, hh, ww, segments, s).copy_(w.view(b, hh, segments, ww, s).permute(0, 1, 3, 2, 4))
+        _project(x.reshape(-1, c), channel_w, channel_b, out=out[2].view(-1, c))
+        return out
+
+
+def _project(rows: torch.Tensor, w: torch.Tensor, b, out=None) -> torch.Tensor:
+    """rows (M, K) @ w (N, K)ᵀ [+ b (N,)] -> (M, N), into `out` when given."""
+    if b is None:
+        return torch.mm(rows, w.t(), out=out)
+    return torch.addmm(b, rows, w.t(), out=out)

@@ -5,7 +5,12 @@ norm="fused": the residual GEMMs also write their output's row statistics (per 3
 GEMMs apply the LayerNorm in their epilogue (rstd·(x @ Wᵀ − mean·Σ_k W)) — 5 launches per block, no normalised
 copy of the residual stream written or read; one `row_stats` launch after the stem. The stem is one launch (class
 token and positions fused). Launchers never sync with the host, so a whole forward can be captured in a CUDA graph
-(threethings_fast.fused.graphs)."""
+(threethings_fast.fused.graphs).
+
+The MLP families (models/<family>/forward.py) run on the same calls. norm="fused" there too: the channel GEMMs
+normalise as above, and a token GEMM whose input is LayerNorm'd (Mixer's token mixing, gMLP's gate) merges the row
+statistics in its main loop (`token_linear(norm=...)`); gMLP's gate statistics come from the fc1 GEMM that writes the
+gate half."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -26,6 +31,23 @@ class _Normed:
     x: torch.Tensor
     stats: object   # triton_kernels.RowStats
     eps: float
+
+    def view(self, *shape) -> "_Normed":
+        """The same rows under another shape of their leading dims (the last dim is kept): (B·N, D) <-> (B, N, D)."""
+        x = self.x.view(*shape)
+        partials = self.stats.partials
+        return _Normed(x, type(self.stats)(partials.view(*x.shape[:-1], *partials.shape[-2:]), self.stats.width),
+                       self.eps)
+
+
+def _normalised_gemm_weights(weights) -> list:
+    """The weights whose GEMM may read a normalised input: a ViT's QKV, fc1 and head; for an MLP family
+    (`PackedModel`), every packed (N, K) GEMM weight — a few column sums more than its forward needs, computed
+    once."""
+    if isinstance(weights, FusedWeights):
+        return [t for blk in weights.blocks for t in (blk.w_qkv, blk.w_fc1)] + [weights.head_w]
+    return [t for blk in weights.blocks for name, t in blk.items()
+            if t.dim() == 2 and not name.endswith(("_scale", "_shift"))] + [weights.head_w]
 
 
 class TritonOps:
@@ -67,13 +89,14 @@ class TritonOps:
             return self.tk.patch_embed(images, stem.weight, stem.bias, pos=pos, cls=cls, patch_size=stem.patch)
         return self.tk.hmlp_stem(images, stem, pos=pos, cls=cls)
 
-    def refresh(self, weights: FusedWeights) -> None:
-        """Recompute what is derived from the packed weights (norm="fused": the column sums), in place.
-        FusedViT.refold calls it; a weight edited in place otherwise is noticed at the next eager call."""
+    def refresh(self, weights) -> None:
+        """Recompute what is derived from the packed weights (norm="fused": the column sums of every weight a
+        normalising GEMM may read), in place. FusedViT.refold calls it; a weight edited in place otherwise is
+        noticed at the next eager call."""
         if self.norm != "fused":
             return
         old, self._colsum = self._colsum, {}
-        for w in [t for blk in weights.blocks for t in (blk.w_qkv, blk.w_fc1)] + [weights.head_w]:
+        for w in _normalised_gemm_weights(weights):
             self._colsum[id(w)] = self._column_sums(w, old.get(id(w)))
 
     def _column_sums(self, w, entry):
@@ -132,8 +155,15 @@ class TritonOps:
         return self.tk.normalize_tokens(x, eps)
 
     def token_linear(self, x, w, b, activation=None, scale=None, shift=None, gate=None, residual=None):
+        norm = {}
+        if isinstance(x, _Normed):   # LN(x) requested: the kernel normalises x's rows in its main loop
+            norm = dict(norm=x.stats, eps=x.eps)
+            x = x.x
         return self.tk.token_linear(x, w, b, activation=activation, scale=scale, shift=shift, gate=gate,
-                                    residual=residual)
+                                    residual=residual, **norm)
 
     def attention(self, qkv, num_heads, head_dim):
         return self.tk.attention(qkv, num_heads, head_dim, 1.0)
+
+    def permute_projections(self, x, height_w, height_b, width_w, width_b, channel_w, channel_b, segments):
+        return self.tk.permute_projections(x, height_w, height_b, width_w, width_b, channel_w, channel_b, segments)

@@ -25,8 +25,9 @@ class FusedOps(Protocol):
         """(M, D) -> (M, D): LayerNorm over the last dim, with affine when given."""
 
     def normalize(self, x: torch.Tensor, eps: float):
-        """x̂ = LayerNorm(x) without affine, as whatever `linear` accepts for x (a tensor, or a handle with row
-        statistics when the GEMM normalises in its epilogue)."""
+        """x̂ = LayerNorm(x) without affine over the last dim, as whatever `linear` and `token_linear` accept for x:
+        a tensor, or a handle with x's row statistics when the GEMM normalises x itself. Either supports
+        ``.view(*shape)`` of the leading dims ((B·N, D) <-> (B, N, D)); nothing else may be done with a handle."""
 
     def normalize_tokens(self, x: torch.Tensor, eps: float) -> torch.Tensor:
         """(B, N, D) -> (B, N, D): LayerNorm without affine over the token axis (each sample's channel columns)."""
@@ -47,5 +48,15 @@ class FusedOps(Protocol):
         """Mixing across tokens, with no transposed copy of x: for every sample b,
             y[b] = w (N', N) @ x[b] (N, D)  [* scale (D,)]  [+ shift (N', D)]  [+ b (N',) per row]  [-> GELU]
                    [* gate[b] (N', D)]  [+ residual[b] (N', D)]
-        x (B, N, D) -> (B, N', D). `scale` / `shift` carry a LayerNorm affine folded through the token GEMM
-        (gMLP's spatial gating unit); `gate` is its elementwise gate."""
+        x (B, N, D) -> (B, N', D), or x̂ = `normalize(...)`.view(B, N, D): LayerNorm over each token's channels
+        (the backend may apply it inside the GEMM). `scale` / `shift` carry that LayerNorm's affine folded through
+        the token GEMM (Mixer's token mixing, gMLP's spatial gating unit); `gate` is gMLP's elementwise gate."""
+
+    def permute_projections(self, x: torch.Tensor, height_w: torch.Tensor, height_b: Optional[torch.Tensor],
+                            width_w: torch.Tensor, width_b: Optional[torch.Tensor], channel_w: torch.Tensor,
+                            channel_b: Optional[torch.Tensor], segments: int) -> torch.Tensor:
+        """The Vision Permutator's three projections of x (B, H, W, C), whose C channels form `segments` segments of
+        S = C / segments: height (height_w (H·S, H·S) over the (row, channel-in-segment) pairs of each column and
+        segment), width (width_w (W·S, W·S), likewise along each row) and channel (channel_w (C, C) per token), each
+        + its bias (all three or none). -> (3, B, H, W, C): [h, w, c], each in x's token layout (the backend may
+        compute h and w without permuted copies of x)."""

@@ -18,8 +18,8 @@ and its trace, the pytest-benchmark suites, bench/bench_engine.py). See `registr
 
 `python -m threethings_fast.profile --list-providers` prints them with whether each can run here. Every name takes a
 model of any family (threethings_fast.models): MLP-Mixer, ResMLP, gMLP, ViP and FF-only models run reference /
-compile, the fused[auto|torch|triton] providers when their family has a fused path at run time, timm (MlpMixer) for
-Mixer / ResMLP / gMLP at K = 1; fused[triton/fusednorm], fused[cuda] and branch_by_branch are ViT-only (registry's
+compile, the fused[auto|torch|triton|triton/fusednorm] providers when their family has a fused path at run time,
+timm (MlpMixer) for Mixer / ResMLP / gMLP at K = 1; fused[cuda] and branch_by_branch are ViT-only (registry's
 docstring).
 """
 from .registry import (ALIASES, REGISTRY, ModelEntry, Provider, UnknownProvider, available, build, get, is_fused,

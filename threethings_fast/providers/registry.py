@@ -17,7 +17,7 @@ go through the same names. What each provider does for a non-ViT family:
     reference, compile*         the family's reference model (eager / torch.compile): every family
     fused[auto], fused[torch]   convert(model): families whose `Family.fusable` is true at run time; the others are
     fused[triton](+graph)       skipped with "no fused path yet"
-    fused[triton/fusednorm]*    ViT only (norm="fused" places the ViT's LayerNorms in its GEMM epilogues)
+    fused[triton/fusednorm]*
     fused[cuda]*                ViT only (the C++ engine)
     branch_by_branch            ViT only, K >= 2 (the MLP references have no branch-by-branch mode)
     timm*                       MLP-Mixer, ResMLP and gMLP at K = 1 with the linear stem: timm's MlpMixer of the
@@ -247,8 +247,7 @@ _CUDA_GRAPH = "replayed from one CUDA graph per batch size (the call includes co
 def _registry() -> dict[str, Provider]:
     graph, timm_compile = _graph_rule, _all(_timm_rule, _compile_rule)
     fused, triton = _fusable, _all(_fusable, _triton_rule)
-    fusednorm = _all(_vit_only("norm='fused' (the LayerNorms in the GEMM epilogues)", "fused[triton] "
-                               "(norm='separate')"), triton)
+    fusednorm = triton   # every family: its LayerNorms exchanged as row statistics between the GEMMs
     engine = _all(_vit_only("the C++ engine", "fused[triton] or fused[torch]"), _engine_rule)
     providers = [
         Provider("reference", "the reference model, eager (parallel branches summed inside each block)",
@@ -274,8 +273,8 @@ def _registry() -> dict[str, Provider]:
                  triton, "fused[triton]", _fused("triton")),
         Provider("fused[triton]+graph", f"fused[triton] {_CUDA_GRAPH}", _all(triton, graph), "fused[triton]",
                  _fused("triton"), graph=True),
-        Provider("fused[triton/fusednorm]", "convert(model, backend='triton', norm='fused'): LayerNorms applied in "
-                 "the GEMM epilogues (5 launches per block instead of 7)", fusednorm, "fused[triton/fusednorm]",
+        Provider("fused[triton/fusednorm]", "convert(model, backend='triton', norm='fused'): LayerNorms applied "
+                 "inside the GEMMs (a ViT block: 5 launches instead of 7)", fusednorm, "fused[triton/fusednorm]",
                  _fused("triton", "fused")),
         Provider("fused[triton/fusednorm]+graph", f"fused[triton/fusednorm] {_CUDA_GRAPH}", _all(fusednorm, graph),
                  "fused[triton/fusednorm]", _fused("triton", "fused"), graph=True),
