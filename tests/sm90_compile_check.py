@@ -312,8 +312,6 @@ def build_variants() -> list[Variant]:
 
     # token_linear: the MLP families' token GEMM at Mixer-B/16's sizes (N = 196 tokens, D = 768), each epilogue that
     # changes the code: Mixer's fc1 (scale + shift + GELU), its fc2 (bias + residual), gMLP's gate, and fp32 IEEE.
-    tok_meta = tok._meta(196, 768)
-    tok_warps, tok_stages = tok_meta.pop("num_warps"), tok_meta.pop("num_stages")
     for dt, epi, flags in [("bf16", "scale+shift+gelu", dict(HAS_SCALE=True, HAS_SHIFT=True, ACTIVATION=1)),
                            ("bf16", "bias+residual", dict(HAS_BIAS=True, HAS_RESIDUAL=True)),
                            ("fp16", "scale+shift+gate", dict(HAS_SCALE=True, HAS_SHIFT=True, HAS_GATE=True)),
@@ -323,6 +321,8 @@ def build_variants() -> list[Variant]:
                                                                   NORM_IN=True, **tok.stats_meta(32, 768))),
                            ("fp32", "norm+scale+shift+gelu", dict(HAS_SCALE=True, HAS_SHIFT=True, ACTIVATION=1,
                                                                   NORM_IN=True, **tok.stats_meta(32, 768)))]:
+        tok_meta = tok._meta(196, 768, fp32_norm=dt == "fp32" and flags.get("NORM_IN", False))
+        tok_warps, tok_stages = tok_meta.pop("num_warps"), tok_meta.pop("num_stages")
         consts = dict(HAS_BIAS=False, HAS_SCALE=False, HAS_SHIFT=False, ACTIVATION=0, HAS_GATE=False,
                       HAS_RESIDUAL=False, DOT_PREC="ieee", NORM_IN=False, **tok.stats_meta(0, 768), **tok_meta)
         consts.update(flags)

@@ -110,9 +110,9 @@ def test_gpu_check_logic_on_the_cpu(tmp_path, monkeypatch):
 
 
 def test_gpu_check_family_rows_and_their_graph_row(monkeypatch):
-    """On the GPU the families get a fused[triton] row, a fused[triton]+graph row (the replay against float64 and
-    == eager) and a fused[triton/fusednorm] row. Here the same logic with fused[torch] and a stand-in replay; the GPU run's default family models are
-    each fusable family's CUDA model of the profiler's families preset."""
+    """On the GPU the families get a fused[triton] row, a fused[triton]+graph row (the replay against float64
+    and == eager) and a fused[triton/fusednorm] row. Here the same logic with fused[torch] and a stand-in replay;
+    the GPU run's default family models are each fusable family's CUDA model of the profiler's families preset."""
     gc = _gpu_check_module(monkeypatch)
     from threethings_fast.fused.model import FusedModel
     from threethings_fast.models import FAMILIES

@@ -1,9 +1,9 @@
-r"""Merging a row's partial LayerNorm statistics inside a kernel, shared by the GEMMs that normalise their input
-rows without reading a normalised copy (`linear` in its epilogue, `token_linear` in its main loop).
+r"""Merging a row's partial LayerNorm statistics inside a kernel, shared by the GEMMs that normalise their
+input rows without reading a normalised copy (`linear` in its epilogue, `token_linear` in its main loop).
 
-A row x (D,) arrives as T = ⌈D / W⌉ slots (`RowStats`): slot t covers n_t = min(W, D − t·W) columns and holds their
-mean μ_t and M2_t = Σ(x − μ_t)². The merge is exact (Chan, Golub & LeVeque's parallel formula, no E[x²] − E[x]²
-cancellation):
+A row x (D,) arrives as T = ⌈D / W⌉ slots (`RowStats`): slot t covers n_t = min(W, D − t·W) columns and holds
+their mean μ_t and M2_t = Σ(x − μ_t)². The merge is exact (Chan, Golub & LeVeque's parallel formula, no
+E[x²] − E[x]² cancellation):
     μ = Σ_t n_t μ_t / D,   M2 = Σ_t M2_t + n_t (μ_t − μ)²,   rstd = 1 / √(M2 / D + ε)
 """
 from __future__ import annotations
@@ -18,7 +18,8 @@ from ._common import check_same_device, check_tensor
 @triton.jit
 def merge_row_stats(s_ptr, rows, row_ok, D, eps, W_IN: tl.constexpr, T_IN: tl.constexpr, T_IN_PAD: tl.constexpr):
     """(mean, rstd) fp32 of the rows `rows` (int64 row indices into the (rows, T_IN, 2) fp32 partials at s_ptr);
-    rows with row_ok False read nothing and get mean 0, rstd 1/√ε."""
+    rows with row_ok False read nothing and get mean 0, rstd 0, so that a padded row normalises to exact zeros
+    (with ε = 0 its 1/√ε would be inf, and 0·inf a NaN that a masked-out dot operand still spreads)."""
     t = tl.arange(0, T_IN_PAD)
     t_ok = t < T_IN
     n_t = tl.where(t_ok, tl.minimum(D - t * W_IN, W_IN), 0).to(tl.float32)
@@ -29,7 +30,8 @@ def merge_row_stats(s_ptr, rows, row_ok, D, eps, W_IN: tl.constexpr, T_IN: tl.co
     mean = tl.sum(mu_t * n_t[None, :], axis=1) / D
     dev = tl.where(s_mask, mu_t - mean[:, None], 0.0)
     m2 = tl.sum(m2_t + n_t[None, :] * dev * dev, axis=1)
-    rstd = 1.0 / tl.sqrt(m2 / D + eps)
+    var = tl.where(row_ok, m2 / D + eps, 1.0)        # padded rows: no 1/0 evaluated, then zeroed
+    rstd = tl.where(row_ok, 1.0 / tl.sqrt(var), 0.0)
     return mean, rstd
 
 

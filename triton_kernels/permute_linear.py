@@ -29,8 +29,8 @@ on H100 (ridge ~300 FLOP/byte). The copy-based version moved 2 + 2 more activati
 and launched 3 GEMMs + 4 copies; see bench/notes/permute_linear.md.
 
 Supported: any B ≥ 0, H, W ≥ 1, any K dividing C (S = 1 and odd S included; H·S need not equal C), fp16 / bf16 /
-fp32 (fp32 with IEEE dots), x contiguous, H·W·C < 2³¹ (offsets within a sample are int32, across samples and
-problems int64). The kernel allocates y.
+fp32 (fp32 with IEEE dots), x contiguous, H·W·C < 2³¹ and (H·S)², (W·S)², C² < 2³¹ (offsets within a sample
+and within a weight are int32, across samples and problems int64). The kernel allocates y.
 """
 from __future__ import annotations
 
@@ -137,8 +137,9 @@ def _grid_tiles(batch: int, height: int, width: int, channels: int, seg_width: i
 def _check_args(x, height_w, height_b, width_w, width_b, channel_w, channel_b, segments):
     check_tensor(x, "x", ndim=4, dtypes=FLOAT_DTYPES)
     B, H, W, C = x.shape
-    if isinstance(segments, bool) or not isinstance(segments, int) or segments < 1:
+    if isinstance(segments, bool) or not isinstance(segments, (int, torch.SymInt)) or not segments >= 1:
         raise ValueError(f"segments must be a positive int, got {segments!r}")
+    segments = int(segments)
     if C % segments:
         raise ValueError(f"the C = {C} channels of x (B, H, W, C) must split into segments = {segments} equal "
                          f"parts (C % segments == 0)")
@@ -163,9 +164,12 @@ def _check_args(x, height_w, height_b, width_w, width_b, channel_w, channel_b, s
             # the kernel selects the bias pointer per program, and a pointer select needs one element type
             raise TypeError(f"height_b, width_b and channel_b must share a dtype, got "
                             f"{', '.join(str(b.dtype) for b in biases.values())}")
-    if H * W * C >= _INT32_LIMIT or B * max(H * W, W * segments, H * segments) >= _INT32_LIMIT:
-        raise ValueError(f"x {tuple(x.shape)} is too large: the kernel's offsets within a sample (H·W·C) and its GEMM "
-                         f"row indices (B·H·W, B·W·K, B·H·K) are int32 (< 2³¹)")
+    longest = max(H * S, W * S, C)
+    if (H * W * C >= _INT32_LIMIT or B * max(H * W, W * segments, H * segments) >= _INT32_LIMIT
+            or longest * longest >= _INT32_LIMIT):
+        raise ValueError(f"x {tuple(x.shape)} is too large: the kernel's offsets within a sample (H·W·C), its "
+                         f"GEMM row indices (B·H·W, B·W·K, B·H·K) and weight offsets (H·S, W·S or C squared) are "
+                         f"int32 (< 2³¹)")
     check_same_device(x=x, height_w=height_w, height_b=height_b, width_w=width_w, width_b=width_b,
                       channel_w=channel_w, channel_b=channel_b)
     return B, H, W, C, S

@@ -59,8 +59,9 @@ class TritonOps:
             raise ValueError(f"norm must be one of {NORM_MODES}, got {norm!r}")
         self.tk = tk
         self.norm = norm
-        # norm="fused": Σ_k W[n, k] of each normalised GEMM's weight (QKV, fc1, head), keyed by the tensor's id,
-        # with the weight's version counter when it was computed; refreshed in place (CUDA graphs keep addresses).
+        # norm="fused": Σ_k W[n, k] of each weight a normalising GEMM may read (_normalised_gemm_weights), keyed by
+        # the tensor's id, with the weight's version counter when it was computed; refreshed in place (CUDA graphs
+        # keep addresses).
         self._colsum: dict[int, tuple[torch.Tensor, torch.Tensor, int]] = {}
 
     def prepare(self, folded: dict, dtype: torch.dtype, device) -> FusedWeights:

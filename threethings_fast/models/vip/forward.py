@@ -19,8 +19,10 @@ def _permute_mlp(ops, blk: dict, xt: torch.Tensor, b: int, hh: int, ww: int, seg
     n = hh * ww
     hwc = ops.permute_projections(xt.view(b, hh, ww, c), blk["mlp_h_w"], blk["mlp_h_b"], blk["mlp_w_w"],
                                   blk["mlp_w_b"], blk["mlp_c_w"], blk["mlp_c_b"], segments).view(3, b, n, c)
-    # mean_tokens(h + w + c): per-branch token sums (3, B, C), then the branches; h + w + c is never materialised
-    mean = hwc.sum(dim=2).sum(dim=0) / n                                                 # (B, C)
+    # mean_tokens(h + w + c): per-branch token sums (3, B, C), accumulated and added in at least fp32 (h, w and c
+    # may largely cancel), then the branches; h + w + c is never materialised
+    wide = torch.promote_types(hwc.dtype, torch.float32)
+    mean = (hwc.sum(dim=2, dtype=wide).sum(dim=0) / n).to(hwc.dtype)                   # (B, C)
     a = ops.linear(ops.linear(mean, blk["rw1_w"], blk["rw1_b"], activation="gelu"), blk["rw2_w"], blk["rw2_b"])
     a = a.view(b, c, 3).softmax(dim=-1).permute(2, 0, 1).unsqueeze(2)                   # (3, B, 1, C)
     # h·a0 + w·a1 + c·a2 in place: one output pass per branch and no (3, B, N, C) temporary (the CPU measured a
