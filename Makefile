@@ -1,5 +1,6 @@
 # The two README commands (bench, test). Each first sets up (or reuses) the virtual env: see scripts/env.sh.
-.PHONY: bench test test-triton36 test-timm build-cuda env report bench-suite bench-gpu engine-gpu clean
+.PHONY: bench test test-triton36 test-timm build-cuda env env-triton36 env-cuda report bench-suite bench-gpu \
+        engine-gpu clean
 
 export TTF_VENV ?= .venv
 PY := $(TTF_VENV)/bin/python
@@ -20,18 +21,25 @@ NO_TRITON_TESTS := test_checkpoint test_checkpoint_fuzz test_configs test_conver
 TRITON36_SKIPS := --deselect tests/test_properties.py::test_torch_backend_equals_reference \
                   $(foreach t,$(NO_TRITON_TESTS),--ignore=tests/$(t).py)
 
+# The venvs of the targets below; `make env-triton36 env-cuda` alone prepares them (CI does it while `make test` runs).
+TRITON36_ENV := TTF_VENV=.venv-triton3.6 TTF_TRITON_SPEC="triton==3.6.0" TTF_NUMPY_SPEC="numpy<2.4"
+CUDA_ENV := TTF_VENV=.venv-cuda TTF_FLAVOUR=cuda
+
+env-triton36:
+	@$(TRITON36_ENV) scripts/env.sh >/dev/null
+
+env-cuda:
+	@$(CUDA_ENV) scripts/env.sh >/dev/null
+
 test-triton36:    ## the suite again on the GPU image's Triton 3.6 (CPU: interpreter + sm_90 compile), own venv;
                   ## the C++ engine's tests, the device scripts' dry runs, the torch-backend property and the test
                   ## files without Triton (NO_TRITON_TESTS) run once, in `make test`
-	$(MAKE) test TTF_VENV=.venv-triton3.6 TTF_TRITON_SPEC="triton==3.6.0" TTF_NUMPY_SPEC="numpy<2.4" \
-	  ARGS='-m "not engine and not scripts" $(TRITON36_SKIPS) $(ARGS)'
+	$(MAKE) test $(TRITON36_ENV) ARGS='-m "not engine and not scripts" $(TRITON36_SKIPS) $(ARGS)'
 
-test-timm:        ## real-timm interop tests (CUDA build of torch 2.14.1 + torchvision, run on the CPU), own venv
-	@TTF_VENV=.venv-cuda TTF_FLAVOUR=cuda scripts/env.sh >/dev/null
+test-timm: env-cuda   ## real-timm interop tests (CUDA build of torch 2.14.1 + torchvision, run on the CPU), own venv
 	TTF_REQUIRE_TIMM=1 .venv-cuda/bin/python -m pytest -q tests/test_timm_interop.py tests/test_timm_mlp_interop.py $(ARGS)
 
-build-cuda:       ## the engine's CUDA build for sm_90a (no GPU needed) + instruction and resource checks, .venv-cuda
-	@TTF_VENV=.venv-cuda TTF_FLAVOUR=cuda scripts/env.sh >/dev/null
+build-cuda: env-cuda  ## the engine's CUDA build for sm_90a (no GPU needed) + instruction and resource checks, .venv-cuda
 	rm -rf build/torch_extensions build/engine && mkdir -p build/engine
 	@echo "building the engine extension (CUDA, sm_90a); log in build/engine/build.log"
 	@TORCH_EXTENSIONS_DIR=$(CURDIR)/build/torch_extensions TTF_BUILD_VERBOSE=1 .venv-cuda/bin/python -c \
