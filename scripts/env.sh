@@ -23,7 +23,7 @@ if [ ! -x "$VENV/bin/python" ]; then
     # --without-pip: ensurepip may be missing on such images; the system pip is visible through the system packages
     "$PY" -m venv --system-site-packages --without-pip "$VENV"
   else
-    echo "env: creating $VENV and installing torch==2.13.0 (CPU), triton and the tools" >&2
+    echo "env: creating $VENV and installing torch, triton and the tools" >&2
     "$PY" -m venv "$VENV"
   fi
 fi
