@@ -71,7 +71,7 @@ from ._common import (FLOAT_DTYPES, RowStats, autotune_enabled, autotuned, cache
                       check_same_device, check_tensor, device_guard, env_value, gdc_launch_dependents, gdc_wait,
                       interpreter_active, launch_choice, next_power_of_2, pdl_enabled, pdl_launch_kwargs,
                       register_op, skip_launch, wrap_triton)
-from ._row_stats import check_row_stats, merge_row_stats
+from ._row_stats import check_row_stats, merge_row_stats, stats_meta
 
 __all__ = ["linear", "linear_ref", "column_sums", "ACTIVATIONS", "STAT_W"]
 
@@ -545,7 +545,7 @@ class _LaunchPlan(NamedTuple):
 
 @functools.lru_cache(maxsize=1024)
 def _launch_plan(M: int, N: int, K: int, dtype: torch.dtype, num_sms: int, forced_split: int, has_bias: bool,
-                 has_residual: bool, activation: int, norm_width: int, t_in: int, stats_out: bool, precision: str,
+                 has_residual: bool, activation: int, norm_width: int, stats_out: bool, precision: str,
                  use_pdl: bool, interpreted: bool, autotune: bool) -> _LaunchPlan:
     # `interpreted` and `autotune` are part of the cache key only: launch_choice reads the same switches.
     fp32 = dtype == torch.float32
@@ -556,9 +556,7 @@ def _launch_plan(M: int, N: int, K: int, dtype: torch.dtype, num_sms: int, force
         HAS_RESIDUAL=has_residual,
         ACTIVATION=activation,
         NORM_IN=norm_width > 0,
-        W_IN=max(norm_width, 1),
-        T_IN=t_in,
-        T_IN_PAD=max(2, next_power_of_2(t_in)),  # as _row_stats.stats_meta
+        **stats_meta(norm_width, K),   # W_IN, T_IN, T_IN_PAD of the input statistics
         STATS_OUT=stats_out,
         STAT_W=STAT_W,
     )
@@ -606,7 +604,7 @@ def _linear_launch(x2: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.
     precision = "tf32" if (allow_tf32 and x2.dtype == torch.float32) else "ieee"
     plan = _launch_plan(M, N, K, x2.dtype, _num_sms(x2), _forced_split_k(split_k), bias is not None,
                         residual2 is not None, ACTIVATIONS[activation], norm.width if norm is not None else 0,
-                        norm.partials.shape[-2] if norm is not None else 1, stats_out is not None, precision,
+                        stats_out is not None, precision,
                         pdl_enabled(x2), interpreter_active(), autotune_enabled())
     # Unused pointer slots get a real, read-only tensor (never dereferenced: the constexpr flag removes the load).
     b_arg = bias if bias is not None else weight
